@@ -1,0 +1,1 @@
+"""Evaluation: in-domain benchmark, public benchmark harness, reports."""

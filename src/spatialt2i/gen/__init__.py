@@ -1,0 +1,1 @@
+"""Generator adapters (FLUX via diffusers) and sampling schedules."""

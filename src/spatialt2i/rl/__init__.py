@@ -1,0 +1,1 @@
+"""Stage 3: online GRPO with top-k filtering on flow-matching generators."""
