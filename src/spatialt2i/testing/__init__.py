@@ -1,0 +1,1 @@
+"""Helpers for tests: local stand-ins for remote services (chat-completions endpoints)."""
