@@ -85,3 +85,73 @@ def make_pair_dataset(root: str | os.PathLike, n_train: int = 6, n_test: int = 2
     (root / "README.md").write_text("---\nlicense: apache-2.0\n---\n# test pairs\n\nSynthetic pairs for tests.\n")
     ordered = test + [r for j in range(train_shards) for r in train[j::train_shards]]
     return [r["id"] for r in ordered]
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ReviewServer:
+    """``spatialt2i review serve`` in a subprocess (real uvicorn on 127.0.0.1), for tests.
+
+    ``start()`` waits until ``/api/info`` answers; ``kill()`` ends it with SIGKILL (nothing gets
+    a chance to flush), ``stop()`` with SIGTERM; ``start()`` again restarts it on the same port.
+    """
+
+    def __init__(self, dataset: str | os.PathLike, *extra: str, port: int | None = None,
+                 log: str | os.PathLike | None = None) -> None:
+        self.dataset = str(dataset)
+        self.extra = list(extra)
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = Path(log) if log else Path(self.dataset).parent / f"review-server-{self.port}.log"
+        self.proc = None
+
+    def start(self, timeout: float = 60.0) -> "ReviewServer":
+        import subprocess
+        import sys
+        import time
+        import urllib.request
+
+        cmd = [sys.executable, "-m", "spatialt2i.review.cli", "serve", self.dataset, "--port", str(self.port),
+               "--log-level", "warning", *self.extra]
+        fh = self.log.open("ab")
+        self.proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT)
+        fh.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"review server exited with {self.proc.returncode}:\n{self.log.read_text()}")
+            try:
+                with urllib.request.urlopen(self.url + "/api/info", timeout=2) as r:
+                    if r.status == 200:
+                        return self
+            except OSError:
+                time.sleep(0.1)
+        self.kill()
+        raise RuntimeError(f"review server did not answer within {timeout}s:\n{self.log.read_text()}")
+
+    def kill(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except Exception:
+                self.proc.kill()
+                self.proc.wait(10)
+
+    def __enter__(self) -> "ReviewServer":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
