@@ -166,6 +166,22 @@ def test_transient_500_and_429_are_retried():
     assert len(server.requests) == 4
 
 
+def test_retry_after_is_honoured_up_to_max_backoff(monkeypatch):
+    import httpx
+
+    from spatialt2i.data import llm
+
+    waits = []
+    monkeypatch.setattr(llm.time, "sleep", waits.append)
+    client = fast_client("http://llm.invalid/v1", max_retries=2)
+    replies = iter([httpx.Response(429, headers={"Retry-After": "0.03"}, text="busy"),
+                    httpx.Response(503, headers={"Retry-After": "120"}, text="down"),
+                    httpx.Response(200, json={"choices": [{"message": {"content": "ok"}}]})])
+    client._http = httpx.Client(transport=httpx.MockTransport(lambda request: next(replies)))
+    assert client.complete([{"role": "user", "content": "hi"}]) == "ok"
+    assert waits == [0.03, 0.05]  # Retry-After beats the 0.01 back-off; 120 s is capped at 0.05
+
+
 def test_persistent_5xx_gives_up_with_endpoint_error():
     with ChatServer(lambda messages: 503) as server:
         with fast_client(server.url, max_retries=2) as client, pytest.raises(EndpointError) as e:

@@ -1,9 +1,9 @@
 """Prompt pairs from any OpenAI-compatible chat-completions endpoint.
 
 ``ChatClient`` is a small synchronous client (httpx) for ``POST {base_url}/chat/completions``:
-timeout, retries with exponential back-off on connection errors, 429 and 5xx, and an
-``EndpointError`` naming the URL and the cause once the retries are spent (other 4xx answers,
-such as a bad key or an unknown model, fail at once).
+timeout, retries with exponential back-off on connection errors, 429 and 5xx (a numeric
+Retry-After is honoured, capped at ``max_backoff``), and an ``EndpointError`` naming the URL and
+the cause once the retries are spent. Other 4xx answers (a bad key, an unknown model) fail at once.
 
 ``LLMPromptSource`` asks the model for one adversarial pair per call. The request is seeded by
 row: the seed picks the number of relations (3-12, mode 7 like the paper), the perturbation kind
@@ -164,10 +164,10 @@ class ChatClient:
         body.update(cfg.params)
         body.update(params)
         url = cfg.url
-        cause = "no attempt made"
+        cause, retry_after = "no attempt made", 0.0
         for attempt in range(cfg.max_retries + 1):
             if attempt:
-                wait = min(cfg.max_backoff, cfg.backoff * 2 ** (attempt - 1))
+                wait = min(cfg.max_backoff, max(retry_after, cfg.backoff * 2 ** (attempt - 1)))
                 log.warning("chat endpoint %s: %s; retry %d/%d in %.2fs", url, cause, attempt,
                             cfg.max_retries, wait)
                 time.sleep(wait)
@@ -178,12 +178,21 @@ class ChatClient:
                 continue
             if resp.status_code == 429 or resp.status_code >= 500:
                 cause = f"HTTP {resp.status_code} {_snippet(resp.text)}"
+                retry_after = _retry_after(resp)
                 continue
             if resp.status_code >= 400:
                 raise EndpointError(f"chat endpoint {url} refused the request: HTTP "
                                     f"{resp.status_code} {_snippet(resp.text)}")
             return _content(resp, url)
         raise EndpointError(f"chat endpoint {url} failed after {cfg.max_retries + 1} attempt(s): {cause}")
+
+
+def _retry_after(resp: httpx.Response) -> float:
+    """The server's Retry-After in seconds (numeric form only), else 0."""
+    try:
+        return max(0.0, float(resp.headers.get("retry-after", 0)))
+    except ValueError:
+        return 0.0
 
 
 def _snippet(text: str, n: int = 200) -> str:
