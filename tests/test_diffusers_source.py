@@ -174,3 +174,20 @@ def test_from_config_and_picklable_make_rows(flux_dir, monkeypatch):
     with pytest.raises(ConfigError, match="stpes"):
         from_config({"llm": {"base_url": "http://x/v1", "model": "m"},
                      "images": {"path": str(flux_dir), "stpes": 3}})
+
+
+def test_device_and_dtype_defaults(monkeypatch):
+    import torch
+
+    from spatialt2i.data.diffusers_source import default_device, resolve_dtype
+
+    assert resolve_dtype(None, "cpu") == torch.float32
+    assert resolve_dtype(None, "cuda:1") == torch.bfloat16
+    assert resolve_dtype("fp16", "cuda") == torch.float16 and resolve_dtype(torch.float64, "cpu") == torch.float64
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setenv("LOCAL_RANK", "3")  # as under accelerate launch / torchrun
+    assert default_device() == "cuda:3"
+    monkeypatch.delenv("LOCAL_RANK")
+    assert default_device() == "cuda"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert default_device() == "cpu"

@@ -44,7 +44,7 @@ ADAPTER_DIR = "adapter"
 FORMAT_VERSION = 1
 
 
-@dataclass
+@dataclass(frozen=True)
 class LoraSettings:
     """LoRA on the language model's linear layers; optionally on the vision tower's attention too."""
 
@@ -116,14 +116,17 @@ class SpatialScore(nn.Module):
 
     # ---- construction -------------------------------------------------------------------------------
     @classmethod
-    def from_backbone(cls, base_model: str | os.PathLike, lora: LoraSettings | None = None,
+    def from_backbone(cls, base_model: str | os.PathLike, lora: LoraSettings | None = LoraSettings(),
                       instruction: str = DEFAULT_INSTRUCTION, head_hidden: int = 0,
-                      device: str | torch.device = "cpu", dtype: torch.dtype | str | None = None,
+                      reward_token: str = REWARD_TOKEN, device: str | torch.device = "cpu", dtype: torch.dtype | str | None = None,
                       seed: int = 0) -> "SpatialScore":
-        """A fresh reward model (new LoRA adapter, new head) on a pretrained Qwen2.5-VL."""
+        """A fresh reward model (new LoRA adapter, new head) on a pretrained Qwen2.5-VL.
+
+        ``lora=None`` freezes the whole backbone (only the head and the ``<reward>`` row train).
+        """
         base = check_model_source(base_model, "reward backbone")
-        config = SpatialScoreConfig(base_model=base, lora=LoraSettings() if lora is None else lora,
-                                    instruction=instruction, head_hidden=head_hidden)
+        config = SpatialScoreConfig(base_model=base, lora=lora,
+                                    instruction=instruction, reward_token=reward_token, head_hidden=head_hidden)
         return cls._build(config, load_tokenizer(base), load_image_processor(base), None, torch.device(device),
                           dtype, seed, trainable=True)
 

@@ -26,6 +26,7 @@ import numpy as np
 from .vocab import REGIONS
 
 POSITION_THRESHOLD = 0.1  # GenEval's
+DIAGONALS = ("above_left", "above_right", "below_left", "below_right")
 
 
 def _axis_parts(ax, ay, sa, bx, by, sb):
@@ -43,7 +44,7 @@ def _axis_parts(ax, ay, sa, bx, by, sb):
 def directional(kind: str, a, b, m: float = 0.0):
     """Binary position relation between boxes ``a`` and ``b`` = (x, y, s) arrays (broadcasting)."""
     dx, dy = _axis_parts(a[0], a[1], a[2], b[0], b[1], b[2])
-    t = 0.5 + 0.12 * m
+    t = 0.5 + (0.05 if kind in DIAGONALS else 0.12) * m
     left, right, up, down = dx < -t, dx > t, dy < -t, dy > t
     table = {
         "left_of": left, "right_of": right, "above": up, "below": down,

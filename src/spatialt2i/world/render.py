@@ -22,7 +22,7 @@ MIN_SIZE, MAX_SIZE = 32, 512
 def _star() -> list[tuple[float, float]]:
     pts = []
     for k in range(10):
-        r = 1.0 if k % 2 == 0 else 0.45
+        r = 1.0 if k % 2 == 0 else 0.4
         a = math.radians(-90 + 36 * k)
         pts.append((r * math.cos(a), r * math.sin(a)))
     xs, ys = [p[0] for p in pts], [p[1] for p in pts]
@@ -30,7 +30,7 @@ def _star() -> list[tuple[float, float]]:
             for x, y in pts]
 
 
-_A = 0.38  # half arm width of the cross, in unit-box coordinates
+_A = 0.3  # half arm width of the cross, in unit-box coordinates
 POLYGONS: dict[str, list[tuple[float, float]] | None] = {
     "circle": None,
     "square": [(-1, -1), (1, -1), (1, 1), (-1, 1)],
@@ -59,9 +59,11 @@ def draw_shape(draw: ImageDraw.ImageDraw, shape: str, box: tuple[float, float, f
     draw.polygon([(x0 + (u + 1) * sx, y0 + (v + 1) * sy) for u, v in poly], fill=fill)
 
 
-def pixel_box(o: Obj, size: int) -> tuple[float, float, float, float]:
-    h = o.half * size
-    return (o.x * size - h, o.y * size - h, o.x * size + h - 1, o.y * size + h - 1)
+def pixel_box(o: Obj, size: int) -> tuple[int, int, int, int]:
+    """The object's box snapped to whole pixels (so an object is drawn exactly as its template)."""
+    side = max(3, round(2 * o.half * size))
+    x0, y0 = round(o.x * size - side / 2), round(o.y * size - side / 2)
+    return (x0, y0, x0 + side - 1, y0 + side - 1)
 
 
 def _order(scene: Scene) -> list[int]:

@@ -22,7 +22,7 @@ COLOURS: dict[str, tuple[int, int, int]] = {
 BACKGROUND: tuple[int, int, int] = (255, 255, 255)
 
 # Half side of an object's square box, as a fraction of the canvas side.
-SIZES: dict[str, float] = {"small": 0.075, "medium": 0.1, "large": 0.13}
+SIZES: dict[str, float] = {"small": 0.085, "medium": 0.105, "large": 0.135}
 
 # Canvas placements: the canvas is cut into thirds; each region is one cell (column, row).
 REGIONS: dict[str, tuple[int, int]] = {

@@ -181,6 +181,7 @@ async function join(name) {
     $("who").hidden = false;
     $("login").hidden = true;
     $("review").hidden = false;
+    if (document.activeElement) document.activeElement.blur();
     S.item = null;
     await goNext(-1);
   } catch (e) {

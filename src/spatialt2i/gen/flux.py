@@ -1,0 +1,463 @@
+"""Generator adapter around diffusers' Flux components (FLUX.1-dev or the world's tiny Flux).
+
+One :meth:`FluxGenerator.forward` gives the velocity for packed latents at a sigma; rollout
+(:meth:`FluxGenerator.sample`) and training replay (:meth:`FluxGenerator.replay_step`) both go
+through it, so with unchanged weights a replayed step has exactly the rollout's log-prob.
+
+Everything mirrors ``FluxPipeline.__call__`` (diffusers 0.42): CLIP pooled + T5 sequence
+prompt embeddings, 2x2 latent packing, ``img_ids``/``txt_ids``, the sigma schedule
+``linspace(1, 1/n, n)`` shifted with ``mu = calculate_shift(image_seq_len)`` (FLUX.1-dev's
+dynamic shift) plus a final 0, distilled guidance through the guidance embedding and optional
+true CFG (``v = v_neg + scale * (v_pos - v_neg)``). With ``dynamics="ode"`` :meth:`sample`
+reproduces ``FluxPipeline(...)`` for the same seeds (one generator per seed), steps and guidance.
+
+Latents along the trajectory are kept in fp32 (the SDE math is fp32); the transformer runs in its
+own dtype (fp32 on CPU, bf16 on CUDA if loaded so).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from spatialt2i.errors import SpatialT2IError
+from spatialt2i.rl.sde import sde_step
+
+DEFAULT_MAX_SEQUENCE_LENGTH = 512
+
+
+class GeneratorLoadError(SpatialT2IError, ValueError):
+    """A generator path or hub id is missing, unreachable, or not a Flux pipeline."""
+
+
+@dataclass
+class PromptEmbeds:
+    """T5 sequence embeddings (B, T, D) and CLIP pooled embeddings (B, P) of a batch of prompts."""
+
+    prompt_embeds: torch.Tensor
+    pooled: torch.Tensor
+
+    def __len__(self) -> int:
+        return self.prompt_embeds.shape[0]
+
+    def index(self, idx: torch.Tensor | Sequence[int] | slice) -> "PromptEmbeds":
+        return PromptEmbeds(self.prompt_embeds[idx], self.pooled[idx])
+
+    def repeat_interleave(self, n: int) -> "PromptEmbeds":
+        return PromptEmbeds(self.prompt_embeds.repeat_interleave(n, 0), self.pooled.repeat_interleave(n, 0))
+
+
+@dataclass
+class Trajectory:
+    """A batch of sampled trajectories.
+
+    ``latents``: (B, S + 1, seq, C) packed fp32 latents, ``latents[:, 0]`` the initial noise and
+    ``latents[:, -1]`` the final sample; ``log_probs``: (B, S) log-prob of each transition
+    (0 for deterministic steps); ``sigmas``: (S + 1,) with ``sigmas[-1] == 0``;
+    ``noise_levels``: (S,) the noise level used at each step (0 outside the SDE window).
+    """
+
+    latents: torch.Tensor
+    log_probs: torch.Tensor
+    sigmas: torch.Tensor
+    noise_levels: torch.Tensor
+    dynamics: str
+    embeds: PromptEmbeds
+    guidance: float | None
+    height: int
+    width: int
+    negative: PromptEmbeds | None = None
+    true_cfg_scale: float = 1.0
+    images: Any = None
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def num_steps(self) -> int:
+        return self.sigmas.shape[0] - 1
+
+    @property
+    def sigma_max(self) -> float:
+        """The schedule's second sigma: Flow-GRPO's stand-in for sigma = 1 in the flow_sde std."""
+        return float(self.sigmas[1]) if self.num_steps > 1 else 0.5
+
+
+def calculate_shift(image_seq_len: int, base_seq_len: int = 256, max_seq_len: int = 4096,
+                    base_shift: float = 0.5, max_shift: float = 1.15) -> float:
+    """Flux's dynamic-shift ``mu``: linear in the image token count (same as diffusers)."""
+    m = (max_shift - base_shift) / (max_seq_len - base_seq_len)
+    return image_seq_len * m + base_shift - m * base_seq_len
+
+
+def pack_latents(latents: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) -> (B, H/2 * W/2, 4C): Flux's 2x2 patch packing."""
+    b, c, h, w = latents.shape
+    x = latents.view(b, c, h // 2, 2, w // 2, 2).permute(0, 2, 4, 1, 3, 5)
+    return x.reshape(b, (h // 2) * (w // 2), c * 4)
+
+
+def unpack_latents(packed: torch.Tensor, latent_height: int, latent_width: int) -> torch.Tensor:
+    """(B, H/2 * W/2, 4C) -> (B, C, H, W); the inverse of :func:`pack_latents`."""
+    b, _, ch = packed.shape
+    x = packed.view(b, latent_height // 2, latent_width // 2, ch // 4, 2, 2).permute(0, 3, 1, 4, 2, 5)
+    return x.reshape(b, ch // 4, latent_height, latent_width)
+
+
+def image_ids(grid_height: int, grid_width: int, device: torch.device | str = "cpu",
+              dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """(h*w, 3) position ids of the packed image tokens: (0, row, col)."""
+    ids = torch.zeros(grid_height, grid_width, 3)
+    ids[..., 1] = torch.arange(grid_height)[:, None]
+    ids[..., 2] = torch.arange(grid_width)[None, :]
+    return ids.reshape(grid_height * grid_width, 3).to(device=device, dtype=dtype)
+
+
+def _looks_like_hub_id(name: str) -> bool:
+    return bool(re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", name)) and not name.startswith((".", "~"))
+
+
+def check_flux_folder(path: Path) -> None:
+    """Raise :class:`GeneratorLoadError` unless ``path`` is a saved diffusers Flux pipeline."""
+    index = path / "model_index.json"
+    if not index.is_file():
+        raise GeneratorLoadError(f"generator path {path} is not a diffusers pipeline folder "
+                                 f"(no model_index.json)")
+    try:
+        spec = json.loads(index.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise GeneratorLoadError(f"generator path {path}: model_index.json is unreadable ({e})") from e
+    transformer = spec.get("transformer") if isinstance(spec, dict) else None
+    if not (isinstance(transformer, list) and transformer[-1:] == ["FluxTransformer2DModel"]):
+        raise GeneratorLoadError(
+            f"generator path {path} holds a {spec.get('_class_name', '?') if isinstance(spec, dict) else '?'} "
+            f"whose transformer is {transformer!r}, not a Flux pipeline (FluxTransformer2DModel)")
+
+
+class FluxGenerator:
+    """Flux text-to-image generator: prompt encoding (cached), one velocity forward, SDE sampling."""
+
+    def __init__(
+        self,
+        pipe: Any,
+        *,
+        height: int = 512,
+        width: int = 512,
+        max_sequence_length: int = DEFAULT_MAX_SEQUENCE_LENGTH,
+        guidance_scale: float = 3.5,
+        true_cfg_scale: float = 1.0,
+        negative_prompt: str | None = None,
+        prompt_cache_size: int = 1024,
+    ) -> None:
+        from diffusers import FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
+
+        if not isinstance(getattr(pipe, "transformer", None), FluxTransformer2DModel):
+            raise GeneratorLoadError(f"{type(pipe).__name__} has no FluxTransformer2DModel; not a Flux pipeline")
+        self.pipe = pipe
+        self.height, self.width = int(height), int(width)
+        self.max_sequence_length = int(max_sequence_length)
+        self.guidance_scale = float(guidance_scale)
+        self.true_cfg_scale = float(true_cfg_scale)
+        self.negative_prompt = negative_prompt
+        # a private scheduler copy: set_timesteps mutates state, the pipeline's own stays untouched
+        self.scheduler = FlowMatchEulerDiscreteScheduler.from_config(pipe.scheduler.config)
+        self._cache: OrderedDict[tuple[str, int], tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
+        self._cache_size = int(prompt_cache_size)
+        self._ids: dict[tuple, torch.Tensor] = {}
+        self.check_resolution(self.height, self.width)
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | os.PathLike, *, torch_dtype: torch.dtype | None = None,
+                        device: str | torch.device | None = None, **kwargs: Any) -> "FluxGenerator":
+        """Load a Flux pipeline from a local folder or a hub id; ``kwargs`` go to the constructor."""
+        from diffusers import FluxPipeline
+
+        name = str(name_or_path)
+        path = Path(name).expanduser()
+        if path.exists():
+            if not path.is_dir():
+                raise GeneratorLoadError(f"generator path {path} is a file, not a pipeline folder")
+            check_flux_folder(path)
+            source = str(path)
+        elif _looks_like_hub_id(name):
+            source = name
+        else:
+            raise GeneratorLoadError(f"generator path {name} does not exist (and is not a hub id owner/name)")
+        dtype = torch_dtype or torch.float32
+        try:
+            pipe = FluxPipeline.from_pretrained(source, torch_dtype=dtype)
+        except (OSError, ValueError, EnvironmentError) as e:
+            raise GeneratorLoadError(f"could not load a Flux pipeline from {name}: {e}") from e
+        pipe.set_progress_bar_config(disable=True)
+        if device is not None:
+            pipe.to(device)
+        return cls(pipe, **kwargs)
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def transformer(self) -> torch.nn.Module:
+        return self.pipe.transformer
+
+    @property
+    def vae(self) -> torch.nn.Module:
+        return self.pipe.vae
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.transformer.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.transformer.dtype
+
+    @property
+    def vae_scale_factor(self) -> int:
+        return int(self.pipe.vae_scale_factor)
+
+    @property
+    def latent_channels(self) -> int:
+        return int(self.transformer.config.in_channels) // 4
+
+    @property
+    def has_guidance_embeds(self) -> bool:
+        return bool(self.transformer.config.guidance_embeds)
+
+    def check_resolution(self, height: int, width: int) -> None:
+        m = 2 * self.vae_scale_factor
+        if height % m or width % m or height <= 0 or width <= 0:
+            raise ValueError(f"height and width must be positive multiples of {m} "
+                             f"(2 x VAE scale factor), got {height}x{width}")
+
+    def latent_size(self, height: int | None = None, width: int | None = None) -> tuple[int, int]:
+        """Unpacked latent (H, W) for an image size."""
+        h, w = height or self.height, width or self.width
+        return 2 * (h // (2 * self.vae_scale_factor)), 2 * (w // (2 * self.vae_scale_factor))
+
+    def image_seq_len(self, height: int | None = None, width: int | None = None) -> int:
+        lh, lw = self.latent_size(height, width)
+        return (lh // 2) * (lw // 2)
+
+    def img_ids(self, height: int | None = None, width: int | None = None) -> torch.Tensor:
+        lh, lw = self.latent_size(height, width)
+        key = ("img", lh, lw, self.device, self.dtype)
+        if key not in self._ids:
+            self._ids[key] = image_ids(lh // 2, lw // 2, self.device, self.dtype)
+        return self._ids[key]
+
+    def txt_ids(self, length: int) -> torch.Tensor:
+        key = ("txt", length, self.device, self.dtype)
+        if key not in self._ids:
+            self._ids[key] = torch.zeros(length, 3, device=self.device, dtype=self.dtype)
+        return self._ids[key]
+
+    # ------------------------------------------------------------------ text
+    @torch.no_grad()
+    def encode_prompts(self, prompts: Sequence[str]) -> PromptEmbeds:
+        """CLIP pooled + T5 sequence embeddings of ``prompts``; each distinct prompt is encoded once."""
+        if isinstance(prompts, str):
+            prompts = [prompts]
+        prompts = [str(p) for p in prompts]
+        msl = self.max_sequence_length
+        missing = list(dict.fromkeys(p for p in prompts if (p, msl) not in self._cache))
+        if missing:
+            embeds, pooled, _ = self.pipe.encode_prompt(prompt=missing, prompt_2=None, device=self.device,
+                                                        max_sequence_length=msl)
+            for i, p in enumerate(missing):
+                self._cache[(p, msl)] = (embeds[i].detach(), pooled[i].detach())
+        rows = []
+        for p in prompts:
+            self._cache.move_to_end((p, msl))
+            rows.append(self._cache[(p, msl)])
+        while len(self._cache) > max(self._cache_size, len(set(prompts))):
+            self._cache.popitem(last=False)
+        return PromptEmbeds(torch.stack([r[0] for r in rows]), torch.stack([r[1] for r in rows]))
+
+    def clear_prompt_cache(self) -> None:
+        self._cache.clear()
+
+    # ------------------------------------------------------------------ schedule and noise
+    def sigmas(self, steps: int, height: int | None = None, width: int | None = None) -> torch.Tensor:
+        """(steps + 1,) fp32 sigmas exactly as FluxPipeline sets them (last one 0)."""
+        if steps < 1:
+            raise ValueError(f"steps must be >= 1, got {steps}")
+        cfg = self.scheduler.config
+        mu = calculate_shift(self.image_seq_len(height, width), cfg.get("base_image_seq_len", 256),
+                             cfg.get("max_image_seq_len", 4096), cfg.get("base_shift", 0.5),
+                             cfg.get("max_shift", 1.15))
+        base = np.linspace(1.0, 1 / steps, steps)
+        if getattr(cfg, "use_flow_sigmas", False):
+            base = None
+        self.scheduler.set_timesteps(sigmas=base, mu=mu, device=self.device)
+        return self.scheduler.sigmas.detach().to(torch.float32).clone()
+
+    def initial_noise(self, seeds: Sequence[int], height: int | None = None, width: int | None = None,
+                      generators: Sequence[torch.Generator] | None = None) -> torch.Tensor:
+        """Packed fp32 noise, one CPU generator per seed, drawn like FluxPipeline with a generator list."""
+        lh, lw = self.latent_size(height, width)
+        gens = list(generators) if generators is not None else [torch.Generator().manual_seed(int(s)) for s in seeds]
+        noise = torch.cat([torch.randn((1, self.latent_channels, lh, lw), generator=g, device=g.device,
+                                       dtype=torch.float32) for g in gens])
+        return pack_latents(noise.to(self.device))
+
+    # ------------------------------------------------------------------ the one forward
+    def forward(
+        self,
+        latents: torch.Tensor,
+        sigma: float | torch.Tensor,
+        prompt_embeds: torch.Tensor,
+        pooled: torch.Tensor,
+        guidance: float | torch.Tensor | None = None,
+        *,
+        negative: PromptEmbeds | None = None,
+        true_cfg_scale: float | None = None,
+        height: int | None = None,
+        width: int | None = None,
+    ) -> torch.Tensor:
+        """Velocity (fp32, shape of ``latents``) for packed ``latents`` (B, seq, C) at ``sigma``.
+
+        ``guidance``: the distilled-guidance embedding value (default ``guidance_scale``), ignored
+        by models without a guidance embedding. True CFG runs when ``negative`` is given and the
+        scale (default ``self.true_cfg_scale``) is > 1; the two branches go through the
+        transformer as one batch.
+        """
+        b = latents.shape[0]
+        dt = self.dtype
+        t = torch.as_tensor(sigma, dtype=torch.float32, device=latents.device)
+        t = (t.expand(b) if t.ndim == 0 else t.reshape(b)).to(dt)
+        g = None
+        if self.has_guidance_embeds:
+            g = torch.as_tensor(self.guidance_scale if guidance is None else guidance,
+                                dtype=torch.float32, device=latents.device)
+            g = g.expand(b) if g.ndim == 0 else g.reshape(b)
+        scale = self.true_cfg_scale if true_cfg_scale is None else float(true_cfg_scale)
+        cfg = negative is not None and scale > 1
+        x = latents.to(dt)
+        enc, pool = prompt_embeds.to(dt), pooled.to(dt)
+        if cfg:
+            x = torch.cat([x, x])
+            enc = torch.cat([enc, negative.prompt_embeds.to(dt)])
+            pool = torch.cat([pool, negative.pooled.to(dt)])
+            t = torch.cat([t, t])
+            g = None if g is None else torch.cat([g, g])
+        out = self.transformer(
+            hidden_states=x, timestep=t, guidance=g, pooled_projections=pool,
+            encoder_hidden_states=enc, txt_ids=self.txt_ids(enc.shape[1]),
+            img_ids=self.img_ids(height, width), return_dict=False)[0]
+        if cfg:
+            pos, neg = out.float().chunk(2)
+            return neg + scale * (pos - neg)
+        return out.float()
+
+    __call__ = forward
+
+    # ------------------------------------------------------------------ decoding
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor, height: int | None = None, width: int | None = None,
+               output_type: str = "pt") -> Any:
+        """Packed latents -> images: ``"pt"`` float (B, 3, H, W) in [0, 1], ``"pil"``, ``"np"``."""
+        lh, lw = self.latent_size(height, width)
+        z = unpack_latents(latents.float(), lh, lw)
+        z = z / self.vae.config.scaling_factor + self.vae.config.shift_factor
+        vae_param = next(self.vae.parameters())
+        img = self.vae.decode(z.to(device=vae_param.device, dtype=vae_param.dtype), return_dict=False)[0]
+        return self.pipe.image_processor.postprocess(img, output_type=output_type)
+
+    # ------------------------------------------------------------------ sampling
+    def negative_embeds(self, batch: int, negative_prompt: str | None = None) -> PromptEmbeds | None:
+        neg = self.negative_prompt if negative_prompt is None else negative_prompt
+        if neg is None:
+            return None
+        return self.encode_prompts([neg] * batch)
+
+    @torch.no_grad()
+    def sample(
+        self,
+        prompts: Sequence[str],
+        seeds: Sequence[int],
+        steps: int,
+        dynamics: str = "ode",
+        noise_level: float = 0.7,
+        *,
+        guidance: float | None = None,
+        true_cfg_scale: float | None = None,
+        negative_prompt: str | None = None,
+        height: int | None = None,
+        width: int | None = None,
+        sde_steps: Sequence[int] | None = None,
+        decode: bool = True,
+        output_type: str = "pt",
+        embeds: PromptEmbeds | None = None,
+    ) -> Trajectory:
+        """Sample one image per (prompt, seed) by looping :func:`sde_step` from sigma 1 to 0.
+
+        ``seeds`` seed one CPU generator per sample: it draws the initial noise (as FluxPipeline
+        does with a list of generators) and then the SDE noise, so a sample does not depend on its
+        batch mates. ``sde_steps``: the step indices that use ``dynamics`` with ``noise_level``
+        (default all); the others are ODE steps with log-prob 0.
+        """
+        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        seeds = list(seeds)
+        if len(prompts) != len(seeds):
+            raise ValueError(f"got {len(prompts)} prompts but {len(seeds)} seeds")
+        h, w = height or self.height, width or self.width
+        self.check_resolution(h, w)
+        emb = embeds if embeds is not None else self.encode_prompts(prompts)
+        scale = self.true_cfg_scale if true_cfg_scale is None else float(true_cfg_scale)
+        neg = self.negative_embeds(len(prompts), negative_prompt) if scale > 1 else None
+        g_val = (self.guidance_scale if guidance is None else float(guidance)) if self.has_guidance_embeds else None
+
+        sigmas = self.sigmas(steps, h, w)
+        window = set(range(steps)) if sde_steps is None else {int(i) for i in sde_steps}
+        levels = torch.tensor([noise_level if (i in window and dynamics != "ode") else 0.0
+                               for i in range(steps)], dtype=torch.float32)
+        sigma_max = float(sigmas[1]) if steps > 1 else 0.5
+        gens = [torch.Generator().manual_seed(int(s)) for s in seeds]
+        x = self.initial_noise(seeds, h, w, generators=gens)
+        states, log_probs = [x], []
+        for i in range(steps):
+            v = self.forward(x, sigmas[i], emb.prompt_embeds, emb.pooled, g_val,
+                             negative=neg, true_cfg_scale=scale, height=h, width=w)
+            dyn = dynamics if levels[i] > 0 else "ode"
+            x, lp, _, _ = sde_step(v, x, sigmas[i], sigmas[i + 1], float(levels[i]), dyn,
+                                   generator=gens, sigma_max=sigma_max)
+            states.append(x)
+            log_probs.append(lp)
+        traj = Trajectory(latents=torch.stack(states, 1), log_probs=torch.stack(log_probs, 1),
+                          sigmas=sigmas, noise_levels=levels, dynamics=dynamics, embeds=emb,
+                          guidance=g_val, height=h, width=w, negative=neg, true_cfg_scale=scale)
+        if decode:
+            traj.images = self.decode(x, h, w, output_type)
+        return traj
+
+    def replay_step(
+        self,
+        traj: Trajectory,
+        step: int,
+        index: torch.Tensor | Sequence[int] | slice | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Re-evaluate transition ``step`` of (a subset of) a trajectory with the current weights.
+
+        Returns ``(log_prob, mean, std)``; gradients flow into the transformer (call it under
+        ``torch.no_grad()`` for a reference / old policy). Uses the same :meth:`forward` and
+        :func:`sde_step` as :meth:`sample`, so unchanged weights give the stored log-prob exactly.
+        """
+        idx = slice(None) if index is None else index
+        x = traj.latents[idx, step]
+        x_next = traj.latents[idx, step + 1]
+        emb = traj.embeds.index(idx)
+        neg = traj.negative.index(idx) if traj.negative is not None else None
+        level = float(traj.noise_levels[step])
+        v = self.forward(x, traj.sigmas[step], emb.prompt_embeds, emb.pooled, traj.guidance,
+                         negative=neg, true_cfg_scale=traj.true_cfg_scale, height=traj.height, width=traj.width)
+        dyn = traj.dynamics if level > 0 else "ode"
+        _, lp, mean, std = sde_step(v, x, traj.sigmas[step], traj.sigmas[step + 1], level, dyn,
+                                    prev_sample=x_next, sigma_max=traj.sigma_max)
+        return lp, mean, std

@@ -1,0 +1,147 @@
+"""Find the objects a spec names in an image: colour segmentation, then a shape check.
+
+1. Every pixel takes the nearest palette colour (or background, or "unknown" when far from all).
+2. For a spec object (colour c, shape s), each 8-connected component of colour c is a candidate.
+3. The candidate's box: its pixel bounding box when it touches no other object; when it does (it
+   may be partly hidden), the square box that best explains it with pixels of other objects
+   counted as "could be hidden" at a small cost (an amodal fit).
+4. Shape check: at that box, the template of s must fit the component at least as well as every
+   other shape's template (IoU, hidden pixels ignored) and reach ``MIN_FIT``.
+The best-fitting candidate that passes is the detection; none passing means "absent".
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+from scipy import ndimage
+from numpy.lib.stride_tricks import sliding_window_view
+
+from .render import template
+from .vocab import BACKGROUND, COLOURS, SHAPES
+
+PALETTE_NAMES = list(COLOURS)
+PALETTE = np.array([COLOURS[c] for c in PALETTE_NAMES] + [BACKGROUND], dtype=np.float32)
+BG, UNKNOWN = len(PALETTE_NAMES), -1
+MAX_COLOUR_DIST = 110.0
+MIN_FIT = 0.55
+MIN_AREA_FRAC = 0.0015  # components smaller than this share of the canvas are noise
+_EIGHT = ndimage.generate_binary_structure(2, 2)
+_FOUR = ndimage.generate_binary_structure(2, 1)
+
+
+@dataclass(frozen=True)
+class Detection:
+    colour: str
+    shape: str
+    box: tuple[int, int, int, int]  # x0, y0, x1, y1 inclusive, amodal square box (pixels)
+    fit: float
+    area: int
+
+    def geometry(self, size: int) -> tuple[float, float, float]:
+        x0, y0, x1, y1 = self.box
+        return ((x0 + x1 + 1) / 2 / size, (y0 + y1 + 1) / 2 / size, (x1 - x0 + 1) / size)
+
+
+def _nearest(rgb: np.ndarray) -> np.ndarray:
+    d = ((rgb[..., None, :].astype(np.float32) - PALETTE) ** 2).sum(-1)
+    lab = d.argmin(-1)
+    far = np.take_along_axis(d, lab[..., None], -1)[..., 0] > MAX_COLOUR_DIST ** 2
+    return np.where(far, UNKNOWN, lab).astype(np.int16)
+
+
+_Q = 4  # colour lookup table on a 64^3 grid (4 levels per bin): exact enough, and fast
+_g = (np.arange(256 // _Q) * _Q + (_Q - 1) / 2).astype(np.float32)
+_LUT = _nearest(np.stack(np.meshgrid(_g, _g, _g, indexing="ij"), -1))
+
+
+def label_pixels(img: Image.Image | np.ndarray) -> np.ndarray:
+    """(H, W) int array: palette index of each pixel, ``BG`` for background, ``UNKNOWN`` if far."""
+    a = np.asarray(img.convert("RGB") if isinstance(img, Image.Image) else img, dtype=np.uint8) // _Q
+    return _LUT[a[..., 0], a[..., 1], a[..., 2]]
+
+
+HIDDEN_WEIGHT = 0.15  # a template pixel that falls on another object costs this much (not 0, not 1)
+
+
+def _masked_iou(t: np.ndarray, m: np.ndarray, hidden: np.ndarray) -> float:
+    """IoU where template pixels hidden under other objects count only ``HIDDEN_WEIGHT``."""
+    inter = (t & m).sum()
+    union = (t | m).sum() - (1 - HIDDEN_WEIGHT) * (t & ~m & hidden).sum()
+    return float(inter / union) if union else 0.0
+
+
+def _fit_box(m: np.ndarray, hidden: np.ndarray, bbox, shape: str, touching: bool, shape_hw):
+    """Best square box for component mask ``m`` (canvas-sized bool) and its masked IoU."""
+    x0, y0, x1, y1 = bbox
+    w, h = x1 - x0 + 1, y1 - y0 + 1
+    H, W = shape_hw
+    if not touching:
+        t = template(shape, w, h)
+        sub = m[y0:y1 + 1, x0:x1 + 1]
+        return (x0, y0, x1, y1), _masked_iou(t, sub, np.zeros_like(sub))
+    best, best_iou = (x0, y0, x1, y1), -1.0
+    n_m = int(m.sum())
+    hid = (hidden & ~m).astype(np.float32)
+    mf = m.astype(np.float32)
+    s0 = max(w, h)
+    for s in range(s0, int(s0 * 1.8) + 2):
+        # every s x s window containing the bbox: top-left in [x1-s+1, x0] x [y1-s+1, y0], on canvas
+        ox0, oy0 = max(0, x1 - s + 1), max(0, y1 - s + 1)
+        ox1, oy1 = min(x0, W - s), min(y0, H - s)
+        if ox1 < ox0 or oy1 < oy0:
+            continue
+        t = template(shape, s, s).astype(np.float32)
+        reg = (slice(oy0, oy1 + s), slice(ox0, ox1 + s))
+        inter = np.tensordot(sliding_window_view(mf[reg], (s, s)), t, axes=2)
+        pen = np.tensordot(sliding_window_view(hid[reg], (s, s)), t, axes=2)
+        union = t.sum() + n_m - inter - (1 - HIDDEN_WEIGHT) * pen
+        iou = np.where(union > 0, inter / np.maximum(union, 1e-9), 0.0)
+        k = int(iou.argmax())
+        if iou.flat[k] > best_iou + 1e-9:
+            dy, dx = divmod(k, iou.shape[1])
+            best, best_iou = (ox0 + dx, oy0 + dy, ox0 + dx + s - 1, oy0 + dy + s - 1), float(iou.flat[k])
+    return best, best_iou
+
+
+def _shape_scores(m: np.ndarray, hidden: np.ndarray, box) -> dict[str, float]:
+    x0, y0, x1, y1 = box
+    sub, hid = m[y0:y1 + 1, x0:x1 + 1], hidden[y0:y1 + 1, x0:x1 + 1]
+    return {s: _masked_iou(template(s, x1 - x0 + 1, y1 - y0 + 1), sub, hid) for s in SHAPES}
+
+
+def find(labels: np.ndarray, colour: str, shape: str) -> Detection | None:
+    """Detect the ``colour`` ``shape`` in a labelled image, or ``None`` if it is absent."""
+    H, W = labels.shape
+    ci = PALETTE_NAMES.index(colour)
+    mask = labels == ci
+    if not mask.any():
+        return None
+    comps, n = ndimage.label(mask, _EIGHT)
+    others = (labels != ci) & (labels != BG)
+    min_area = max(3, int(MIN_AREA_FRAC * H * W))
+    best: Detection | None = None
+    slices = ndimage.find_objects(comps)
+    for k, sl in enumerate(slices, start=1):
+        ys, xs = sl
+        m = comps[sl] == k
+        area = int(m.sum())
+        if area < min_area:
+            continue
+        full = np.zeros_like(mask)
+        full[sl] = m
+        bbox = (xs.start, ys.start, xs.stop - 1, ys.stop - 1)
+        ring = (slice(max(ys.start - 1, 0), ys.stop + 1), slice(max(xs.start - 1, 0), xs.stop + 1))
+        touching = bool((ndimage.binary_dilation(full[ring], _FOUR) & others[ring]).any())
+        box, fit = _fit_box(full, others, bbox, shape, touching, (H, W))
+        if fit < MIN_FIT:
+            continue
+        scores = _shape_scores(full, others, box)
+        if max(scores.values()) > scores[shape] + 1e-6:
+            continue
+        det = Detection(colour, shape, box, fit, area)
+        if best is None or det.fit > best.fit:
+            best = det
+    return best

@@ -1,0 +1,81 @@
+"""The oracle: does an image satisfy a scene spec? Relation by relation, from pixels only.
+
+It detects each named object (``world.detect``) and applies the public relation rules of
+``world.geometry`` (``m = 0``) to the detected boxes. Occlusion: the two detected shapes' templates
+overlap, and the overlap shows the front object's colour. A relation with an absent object is false.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from PIL import Image
+
+from . import geometry as G
+from .detect import Detection, find, label_pixels
+from .render import template
+from .scene import Scene
+from .vocab import COLOURS
+
+PALETTE_INDEX = {c: i for i, c in enumerate(COLOURS)}
+
+
+@dataclass
+class Verdict:
+    relations: list[bool]                 # one per scene relation
+    present: list[bool]                   # one per scene object
+    detections: list[Detection | None] = field(repr=False, default_factory=list)
+
+    @property
+    def score(self) -> float:
+        """Share of relations that hold (1.0 for a scene with no relations and all objects present)."""
+        if not self.relations:
+            return float(all(self.present))
+        return float(np.mean(self.relations))
+
+    @property
+    def all_correct(self) -> bool:
+        return all(self.relations) and all(self.present)
+
+    @property
+    def presence(self) -> float:
+        return float(np.mean(self.present)) if self.present else 1.0
+
+
+def _template_mask(det: Detection, H: int, W: int) -> np.ndarray:
+    x0, y0, x1, y1 = det.box
+    full = np.zeros((H, W), bool)
+    t = template(det.shape, x1 - x0 + 1, y1 - y0 + 1)
+    ys, xs = slice(max(y0, 0), min(y1 + 1, H)), slice(max(x0, 0), min(x1 + 1, W))
+    full[ys, xs] = t[ys.start - y0: ys.stop - y0, xs.start - x0: xs.stop - x0]
+    return full
+
+
+def _depth(kind: str, a: Detection, b: Detection, labels: np.ndarray) -> bool:
+    H, W = labels.shape
+    ta, tb = _template_mask(a, H, W), _template_mask(b, H, W)
+    inter = ta & tb
+    small = min(ta.sum(), tb.sum())
+    frac = inter.sum() / small if small else 0.0
+    na = int((labels[inter] == PALETTE_INDEX[a.colour]).sum())
+    nb = int((labels[inter] == PALETTE_INDEX[b.colour]).sum())
+    return G.depth_relation(kind, float(frac), na > nb, 0.0)
+
+
+def judge(scene: Scene, image: Image.Image | np.ndarray) -> Verdict:
+    """Check every relation and object of ``scene`` (positions in it are ignored) against ``image``."""
+    labels = label_pixels(image)
+    H, W = labels.shape
+    size = max(H, W)
+    dets = [find(labels, o.colour, o.shape) for o in scene.objects]
+    geo = [d.geometry(size) if d else None for d in dets]
+    out = []
+    for r in scene.relations:
+        if any(dets[i] is None for i in r.objects):
+            out.append(False)
+        elif r.kind in ("in_front_of", "behind"):
+            out.append(_depth(r.kind, dets[r.objects[0]], dets[r.objects[1]], labels))
+        else:
+            out.append(bool(G.box_relation(r.kind, geo, r.objects, r.region, 0.0)))
+    return Verdict(out, [d is not None for d in dets], dets)

@@ -1,0 +1,168 @@
+"""Random scenes for datasets and benchmarks: objects, a layout, and relations true in it.
+
+A layout is solved first (with a few occlusions and "between" triples planted so those kinds
+occur), then the stated relations are drawn from everything that holds in it with the solver's
+safety margin, so every stated relation is true beyond pixel rounding.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from itertools import combinations, permutations
+
+import numpy as np
+
+from ..errors import ConfigError, UnsatisfiableSceneError
+from . import geometry as G
+from .layout import solve
+from .scene import Obj, Relation, Scene
+from .truth import boxes, relation_holds
+from .vocab import COLOURS, REGIONS, SHAPES, SIZES
+
+# Default relations-per-prompt distribution (paper-shaped: 3-12 relations, mode ~7; ours 2-10).
+PAPER_RELATIONS = {2: 0.04, 3: 0.07, 4: 0.10, 5: 0.14, 6: 0.16, 7: 0.17, 8: 0.14, 9: 0.10, 10: 0.08}
+GROUP_WEIGHTS = {"axis": 0.27, "diagonal": 0.13, "placement": 0.14, "depth": 0.14, "size": 0.14, "between": 0.18}
+GROUP_OF = {"left_of": "axis", "right_of": "axis", "above": "axis", "below": "axis",
+            "above_left": "diagonal", "above_right": "diagonal", "below_left": "diagonal",
+            "below_right": "diagonal", "at": "placement", "in_front_of": "depth", "behind": "depth",
+            "bigger": "size", "smaller": "size", "between": "between"}
+
+
+@dataclass(frozen=True)
+class SceneConfig:
+    relations: dict[int, float] = field(default_factory=lambda: dict(PAPER_RELATIONS))
+    min_objects: int = 2
+    max_objects: int = 8
+    shapes: tuple[str, ...] = SHAPES
+    colours: tuple[str, ...] = tuple(COLOURS)
+    group_weights: dict[str, float] = field(default_factory=lambda: dict(GROUP_WEIGHTS))
+
+    def __post_init__(self) -> None:
+        if not self.relations or any(int(k) < 1 or v < 0 for k, v in self.relations.items()):
+            raise ConfigError(f"relations: expected {{count: weight}} with counts >= 1, got {self.relations!r}")
+        if not 2 <= self.min_objects <= self.max_objects <= 8:
+            raise ConfigError(f"objects: need 2 <= min_objects <= max_objects <= 8, got "
+                              f"{self.min_objects}..{self.max_objects}")
+        bad = [s for s in self.shapes if s not in SHAPES] + [c for c in self.colours if c not in COLOURS]
+        if bad:
+            raise ConfigError(f"unknown shape/colour in scene config: {bad}")
+        unknown = set(self.group_weights) - set(GROUP_WEIGHTS)
+        if unknown:
+            raise ConfigError(f"group_weights: unknown group(s) {sorted(unknown)} (known: {sorted(GROUP_WEIGHTS)})")
+
+
+def _objects(rng: np.random.Generator, n: int, cfg: SceneConfig) -> list[Obj]:
+    pairs = [(c, s) for c in cfg.colours for s in cfg.shapes]
+    idx = rng.choice(len(pairs), size=n, replace=False)
+    sizes = list(SIZES)
+    return [Obj(pairs[k][1], pairs[k][0], sizes[int(rng.choice(3, p=[0.4, 0.35, 0.25]))], depth=i)
+            for i, k in enumerate(idx)]
+
+
+def _planted(rng: np.random.Generator, objs: list[Obj]) -> list[Relation]:
+    n, rels = len(objs), []
+    for _ in range(rng.choice(3, p=[0.45, 0.4, 0.15])):
+        a, b = (int(v) for v in rng.choice(n, 2, replace=False))
+        busy = {j for r in rels for j in r.objects}
+        if objs[a].colour != objs[b].colour and a not in busy and b not in busy:
+            rels.append(Relation("in_front_of", (a, b)))
+    if n >= 3 and rng.random() < 0.45:
+        a, b, c = (int(v) for v in rng.choice(n, 3, replace=False))
+        if not any(j in r.objects for r in rels for j in (a,)):
+            rels.append(Relation("between", (a, b, c)))
+    return rels
+
+
+def true_relations(scene: Scene, m: float = 1.0) -> list[Relation]:
+    """Every relation that holds in a placed scene with margin ``m`` (one direction per pair)."""
+    bx = boxes(scene)
+    n = len(scene.objects)
+    out: list[Relation] = []
+    for a, b in permutations(range(n), 2):
+        for kind in ("above_left", "above_right", "left_of", "above"):  # b-relative, one side only
+            if G.directional(kind, bx[a], bx[b], m):
+                out.append(Relation(kind, (a, b)))
+        if G.size_relation("bigger", bx[a], bx[b], m):
+            out.append(Relation("bigger", (a, b)))
+        r = Relation("in_front_of", (a, b))
+        if relation_holds(scene, r, m, bx) if _boxes_touch(bx[a], bx[b]) else False:
+            out.append(r)
+    for a in range(n):
+        for reg in REGIONS:
+            if G.at(bx[a], reg, m):
+                out.append(Relation("at", (a,), reg))
+    for a in range(n):
+        for b, c in combinations([j for j in range(n) if j != a], 2):
+            if G.between(bx[a], bx[b], bx[c], m):
+                out.append(Relation("between", (a, b, c)))
+    return out
+
+
+def _boxes_touch(a, b) -> bool:
+    return max(abs(a[0] - b[0]), abs(a[1] - b[1])) < (a[2] + b[2]) / 2
+
+
+def _state(rel: Relation, rng: np.random.Generator) -> Relation:
+    """Say a true relation from either side (left_of(a,b) == right_of(b,a)), for variety."""
+    flip = {"left_of": "right_of", "above": "below", "above_left": "below_right",
+            "above_right": "below_left", "bigger": "smaller", "in_front_of": "behind"}
+    if rel.kind in flip and rng.random() < 0.5:
+        a, b = rel.objects
+        return Relation(flip[rel.kind], (b, a))
+    if rel.kind == "between" and rng.random() < 0.5:
+        a, b, c = rel.objects
+        return Relation("between", (a, c, b))
+    return rel
+
+
+def choose_relations(candidates: list[Relation], k: int, planted: list[Relation], rng: np.random.Generator,
+                     weights: dict[str, float]) -> list[Relation]:
+    pool = list(candidates)
+    chosen: list[Relation] = []
+    used_pairs: set[frozenset] = set()
+
+    def take(r: Relation) -> None:
+        chosen.append(r)
+        used_pairs.add(frozenset(r.objects) | {GROUP_OF[r.kind]})
+
+    for r in planted:
+        if r in pool and rng.random() < 0.85 and len(chosen) < k:
+            take(r)
+    while len(chosen) < k:
+        pool = [r for r in pool if r not in chosen and (frozenset(r.objects) | {GROUP_OF[r.kind]}) not in used_pairs]
+        if not pool:
+            break
+        groups = sorted({GROUP_OF[r.kind] for r in pool})
+        w = np.array([weights.get(g, 0.0) for g in groups]) + 1e-9
+        g = groups[int(rng.choice(len(groups), p=w / w.sum()))]
+        opts = [r for r in pool if GROUP_OF[r.kind] == g]
+        # prefer relations naming objects not yet mentioned
+        mentioned = {j for r in chosen for j in r.objects}
+        fresh = [r for r in opts if set(r.objects) - mentioned]
+        pick = (fresh if fresh and rng.random() < 0.7 else opts)
+        take(pick[int(rng.integers(len(pick)))])
+    order = rng.permutation(len(chosen))
+    return [_state(chosen[i], rng) for i in order]
+
+
+def random_scene(rng: np.random.Generator, cfg: SceneConfig = SceneConfig(), n_relations: int | None = None,
+                 tries: int = 20) -> Scene:
+    """A placed scene with ``n_relations`` true relations (drawn from ``cfg.relations`` if None)."""
+    ks = sorted(cfg.relations)
+    p = np.array([cfg.relations[k] for k in ks], float)
+    k = n_relations if n_relations is not None else int(ks[int(rng.choice(len(ks), p=p / p.sum()))])
+    for _ in range(tries):
+        lo = max(cfg.min_objects, min(cfg.max_objects, int(np.ceil(k * 0.45)) + 1))
+        hi = max(lo, min(cfg.max_objects, k + 1))
+        n = int(rng.integers(lo, hi + 1))
+        objs = _objects(rng, n, cfg)
+        planted = _planted(rng, objs)
+        try:
+            placed = solve(Scene(tuple(objs), tuple(planted)), rng, restarts=6)
+        except UnsatisfiableSceneError:
+            continue
+        cands = true_relations(placed)
+        rels = choose_relations(cands, k, planted, rng, cfg.group_weights)
+        if len(rels) == k:
+            return placed.with_relations(rels)
+    raise UnsatisfiableSceneError(f"could not sample a scene with {k} relations in {tries} tries")
