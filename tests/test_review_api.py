@@ -83,7 +83,7 @@ def test_verdict_for_pair_not_assigned_is_403(server):
         assert r.status_code == 403
         assert r.json()["detail"] == f"pair {bobs!r} is not assigned to reviewer 'alice'"
         # nothing was recorded
-        assert c.get(f"/api/reviewers/alice/progress").json()["done"] == 0
+        assert c.get("/api/reviewers/alice/progress").json()["done"] == 0
 
 
 def test_bad_reviewer_verdict_and_body(server):

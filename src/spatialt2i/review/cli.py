@@ -47,7 +47,6 @@ def register(groups: dict) -> None:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from .app import serve
-    from .service import ReviewService
 
     svc = _service(args, reviewers_per_pair=args.reviewers_per_pair, reviewers=tuple(args.reviewer))
     if args.host not in ("127.0.0.1", "localhost", "::1"):
