@@ -14,7 +14,7 @@ import torch  # noqa: E402
 from spatialt2i.gen.flux import FluxGenerator, GeneratorLoadError, pack_latents, unpack_latents  # noqa: E402
 from spatialt2i.gen.tiny import build_tiny_flux_pipeline  # noqa: E402
 
-torch.set_num_threads(2)
+torch.set_num_threads(1)  # the box is shared; 2 spinning threads oversubscribe it
 
 PROMPTS = ["a small red circle to the left of a large blue square",
            "a green star above a yellow triangle, in the top-left corner"]
@@ -179,6 +179,8 @@ def test_bad_generator_paths_raise_clear_errors(tmp_path: Path) -> None:
         {"_class_name": "StableDiffusionPipeline", "unet": ["diffusers", "UNet2DConditionModel"]}))
     with pytest.raises(GeneratorLoadError, match="not a Flux pipeline"):
         FluxGenerator.from_pretrained(sd)
+    with pytest.raises(GeneratorLoadError, match="could not load a Flux pipeline from nobody/no-such-flux"):
+        FluxGenerator.from_pretrained("nobody/no-such-flux")  # offline: nothing cached
     f = tmp_path / "file.txt"
     f.write_text("x")
     with pytest.raises(GeneratorLoadError, match="is a file"):

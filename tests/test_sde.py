@@ -9,7 +9,7 @@ import torch
 
 from spatialt2i.rl.sde import DYNAMICS, sde_step
 
-torch.set_num_threads(2)
+torch.set_num_threads(1)  # the box is shared; 2 spinning threads oversubscribe it
 
 B, SHAPE = 3, (3, 16, 8)
 

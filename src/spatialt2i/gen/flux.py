@@ -193,8 +193,8 @@ class FluxGenerator:
             raise GeneratorLoadError(f"generator path {name} does not exist (and is not a hub id owner/name)")
         dtype = torch_dtype or torch.float32
         try:
-            pipe = FluxPipeline.from_pretrained(source, torch_dtype=dtype)
-        except (OSError, ValueError, EnvironmentError) as e:
+            pipe = FluxPipeline.from_pretrained(source, dtype=dtype)
+        except Exception as e:  # diffusers/hub raise many types; name the source either way
             raise GeneratorLoadError(f"could not load a Flux pipeline from {name}: {e}") from e
         pipe.set_progress_bar_config(disable=True)
         if device is not None:
