@@ -113,6 +113,20 @@ def test_sde_log_probs_replay_exactly(gen: FluxGenerator, dynamics: str) -> None
         torch.testing.assert_close(lp, ref.mean(dim=(1, 2)), rtol=1e-5, atol=1e-5)
 
 
+def test_batched_replay_of_several_steps_matches_rollout(gen: FluxGenerator) -> None:
+    traj = gen.sample(PROMPTS, SEEDS, steps=4, dynamics="flow_sde", noise_level=0.9, decode=False)
+    with torch.no_grad():
+        lp, mean, _ = gen.replay(traj, [0, 2], index=[1, 0])
+        lp_step2, mean_step2, _ = gen.replay_step(traj, 2, index=[1, 0])
+    assert lp.shape == (2, 2) and mean.shape == (4, 64, 64)
+    torch.testing.assert_close(lp, traj.log_probs[[1, 0]][:, [0, 2]], rtol=0, atol=1e-5)
+    torch.testing.assert_close(mean[2:], mean_step2, rtol=0, atol=1e-5)
+    torch.testing.assert_close(lp[:, 1], lp_step2, rtol=0, atol=1e-5)
+    ode = gen.sample(PROMPTS, SEEDS, steps=2, dynamics="ode", decode=False)
+    with pytest.raises(ValueError, match="needs noise"):
+        gen.replay(ode, [0])
+
+
 def test_replay_of_a_subset_and_gradients(gen: FluxGenerator) -> None:
     traj = gen.sample(PROMPTS, SEEDS, steps=2, dynamics="flow_sde", noise_level=0.9, decode=False)
     lp, _, _ = gen.replay_step(traj, 0, index=[1])

@@ -437,6 +437,46 @@ class FluxGenerator:
             traj.images = self.decode(x, h, w, output_type)
         return traj
 
+    def replay(
+        self,
+        traj: Trajectory,
+        steps: Sequence[int],
+        index: torch.Tensor | Sequence[int] | slice | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Like :meth:`replay_step` for several steps in ONE transformer pass (steps stacked on the batch).
+
+        Returns ``log_probs`` (B, len(steps)), ``means`` and ``stds`` (len(steps) * B rows, step-major).
+        Cheaper than a pass per step for small models; the values equal :meth:`replay_step`'s up to
+        float rounding of the bigger batch (bitwise equal when the kernels do not depend on batch size).
+        """
+        steps = [int(s) for s in steps]
+        if not steps:
+            raise ValueError("replay needs at least one step")
+        if traj.dynamics == "ode" or not all(float(traj.noise_levels[s]) > 0 for s in steps):
+            raise ValueError(f"replay of steps {steps}: every replayed step needs noise (noise_levels "
+                             f"{traj.noise_levels.tolist()}, dynamics {traj.dynamics!r})")
+        idx = slice(None) if index is None else index
+        lat = traj.latents[idx]
+        b = lat.shape[0]
+        st = torch.tensor(steps, device=lat.device)
+        x = lat[:, st].transpose(0, 1).reshape(len(steps) * b, *lat.shape[2:])
+        x_next = lat[:, st + 1].transpose(0, 1).reshape_as(x)
+        sig = traj.sigmas.to(lat.device)
+        sigma = sig[st].repeat_interleave(b)
+        sigma_next = sig[st + 1].repeat_interleave(b)
+        level = traj.noise_levels.to(lat.device)[st].repeat_interleave(b)
+        emb = traj.embeds.index(idx)
+        emb = PromptEmbeds(emb.prompt_embeds.repeat(len(steps), 1, 1), emb.pooled.repeat(len(steps), 1))
+        neg = None
+        if traj.negative is not None:
+            n = traj.negative.index(idx)
+            neg = PromptEmbeds(n.prompt_embeds.repeat(len(steps), 1, 1), n.pooled.repeat(len(steps), 1))
+        v = self.forward(x, sigma, emb.prompt_embeds, emb.pooled, traj.guidance, negative=neg,
+                         true_cfg_scale=traj.true_cfg_scale, height=traj.height, width=traj.width)
+        _, lp, mean, std = sde_step(v, x, sigma, sigma_next, level, traj.dynamics, prev_sample=x_next,
+                                    sigma_max=traj.sigma_max)
+        return lp.view(len(steps), b).T, mean, std
+
     def replay_step(
         self,
         traj: Trajectory,
