@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 from pathlib import Path
@@ -199,21 +200,31 @@ def pair_loss(m: SpatialScore, prompts: list[str], chosen: list[Image.Image], re
 
 
 def test_a_few_steps_lower_the_loss_on_colour_binding(tiny: Path) -> None:
+    """Ten steps on one batch of colour-binding pairs lower its Gaussian BT loss from ln 2.
+
+    Generalising to new pairs takes ~200 steps from random init (notes/world-reward-learnability.md),
+    too long for a unit test; this checks that gradients reach LoRA, head and <reward> row usefully.
+    """
     torch.manual_seed(0)
     m = SpatialScore.from_backbone(tiny, lora=LoraSettings(r=8, alpha=16), seed=0)
-    held = colour_pairs(16, seed=99)
+    pairs = colour_pairs(8, seed=0)
     with torch.no_grad():
-        before = pair_loss(m.eval(), *held).item()
+        before = pair_loss(m.eval(), *pairs).item()
     m.train()
+    start = [p.detach().clone() for p in m.trainable_parameters()]
     opt = torch.optim.AdamW(m.trainable_parameters(), lr=3e-3)
-    for step in range(25):
-        loss = pair_loss(m, *colour_pairs(8, seed=step))
+    for _ in range(10):
+        loss = pair_loss(m, *pairs)
         opt.zero_grad()
         loss.backward()
         opt.step()
     with torch.no_grad():
-        after = pair_loss(m.eval(), *held).item()
-    assert after < before - 0.02, (before, after)
+        after = pair_loss(m.eval(), *pairs).item()
+    assert before == pytest.approx(math.log(2), abs=0.01)
+    assert after < before - 0.05, (before, after)
+    moved = {n for (n, p), p0 in zip(((n, p) for n, p in m.named_parameters() if p.requires_grad), start)
+             if not torch.equal(p, p0)}
+    assert "reward_embedding" in moved and any("lora_B" in n for n in moved) and any(n.startswith("head.") for n in moved)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
