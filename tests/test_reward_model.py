@@ -236,3 +236,52 @@ def test_cuda_bf16_backbone_fp32_head(tiny: Path) -> None:
     assert out["mu"].dtype == torch.float32 and torch.isfinite(out["mu"]).all()
     (out["mu"].sum() + out["log_sigma"].sum()).backward()
     assert m.reward_embedding.grad is not None and torch.isfinite(m.reward_embedding.grad).all()
+
+
+# ---- pair-dataset rows -> batches ------------------------------------------------------------------
+
+def _pair_row(i: int, **over: object) -> dict:
+    from spatialt2i.data.schema import image_cell
+
+    rnd = random.Random(i)
+    row = {"id": f"pair-{i}", "prompt": f"a red circle number {i}", "perturbed_prompt": "a blue circle",
+           "chosen": image_cell(shape_image("red", "circle", rnd)), "rejected": image_cell(shape_image("blue", "circle", rnd)),
+           "perturbations": [{"type": "attribute", "before": "red", "after": "blue"}], "perturbation_kind": "attribute",
+           "n_perturbations": 1 + i % 3, "n_objects": 1, "n_relations": 0, "verified": None}
+    row.update(over)
+    return row
+
+
+def test_collate_reports_and_skips_bad_rows(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from spatialt2i.data.schema import shard_name, write_shard
+    from spatialt2i.errors import DatasetError
+    from spatialt2i.reward.collate import iter_pair_batches, split_scores
+
+    rows = [_pair_row(i) for i in range(7)]
+    rows[2]["chosen"] = {"bytes": b"\x89PNG not really", "path": None}
+    rows[4] = _pair_row(4, verified=False)
+    rows[5] = _pair_row(5, prompt="  ")
+    rows[6]["rejected"] = {"bytes": b"", "path": None}
+    write_shard(rows, tmp_path / "ds" / "data" / shard_name("train", 0, 1))
+    seen: list[tuple[str, str]] = []
+    with caplog.at_level("WARNING"):
+        batches = list(iter_pair_batches(tmp_path / "ds", "train", batch_size=2, on_skip=lambda i, r: seen.append((i, r))))
+    good = [i for b in batches for i in b.ids]
+    assert good == ["pair-0", "pair-1", "pair-3"]
+    assert [len(b) for b in batches] == [2, 1]
+    assert [i for i, _ in seen] == ["pair-2", "pair-4", "pair-5", "pair-6"]
+    reasons = dict(seen)
+    assert "'chosen'" in reasons["pair-2"] and "cannot be decoded" in reasons["pair-2"]
+    assert "verified" in reasons["pair-4"] and "'prompt'" in reasons["pair-5"] and "'rejected'" in reasons["pair-6"]
+    assert "pair-2" in caplog.text
+    assert sum(len(b.skipped) for b in batches) == 4
+    b = batches[0]
+    prompts, imgs = b.model_inputs()
+    assert prompts == b.prompts * 2 and imgs[0] is b.chosen[0] and imgs[2] is b.rejected[0]
+    assert b.n_perturbations == [1, 2] and b.perturbation_kinds == ["attribute", "attribute"]
+    c, r = split_scores(torch.arange(4), 2)
+    assert c.tolist() == [0, 1] and r.tolist() == [2, 3]
+    kept = [i for b in iter_pair_batches(tmp_path / "ds", "train", batch_size=8, skip_rejected=False) for i in b.ids]
+    assert "pair-4" in kept
+    with pytest.raises(DatasetError, match="nope"):
+        next(iter_pair_batches(tmp_path / "nope"))
