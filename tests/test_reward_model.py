@@ -176,6 +176,8 @@ def test_bad_inputs_are_named(model: SpatialScore, tmp_path: Path) -> None:
         model.score(["ok", "  "], imgs)
     with pytest.raises(ValueError, match=r"prompts\[0\].*<reward>"):
         model.score(["a <reward> b", "ok"], imgs)
+    with pytest.raises(ValueError, match="empty batch"):
+        model.score([], [])
     with pytest.raises(ValueError, match=r"images\[1\]"):
         model.score(["a", "b"], [imgs[0], "not an image"])  # type: ignore[list-item]
 

@@ -78,8 +78,9 @@ def mc_prob(mu_c: Tensor, log_sigma_c: Tensor, mu_r: Tensor, log_sigma_r: Tensor
             generator: torch.Generator | None = None) -> Tensor:
     """Monte-Carlo ``E[sigmoid(s_c - s_r)]`` with reparameterised samples of both scores (HPSv3)."""
     shape = (n_samples, *mu_c.shape)
-    eps_c = torch.randn(shape, generator=generator, dtype=mu_c.dtype).to(mu_c.device)
-    eps_r = torch.randn(shape, generator=generator, dtype=mu_r.dtype).to(mu_r.device)
+    dev = generator.device if generator is not None else mu_c.device
+    eps_c = torch.randn(shape, generator=generator, dtype=mu_c.dtype, device=dev).to(mu_c.device)
+    eps_r = torch.randn(shape, generator=generator, dtype=mu_r.dtype, device=dev).to(mu_r.device)
     s_c = mu_c + torch.exp(log_sigma_c) * eps_c
     s_r = mu_r + torch.exp(log_sigma_r) * eps_r
     return torch.sigmoid(s_c - s_r).mean(0)

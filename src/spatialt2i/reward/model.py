@@ -239,6 +239,8 @@ class SpatialScore(nn.Module):
             n = len(prompts)
             if len(images) != n:
                 raise ValueError(f"prompts/images: {n} prompts but {len(images)} images")
+            if n == 0:
+                raise ValueError("prompts: empty batch")
             step = batch_size or max(n, 1)
             outs = [self(prompts[i:i + step], images[i:i + step]) for i in range(0, n, step)]
         finally:
