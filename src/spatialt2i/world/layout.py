@@ -1,8 +1,8 @@
 """The layout solver: place a scene's objects so that every stated relation holds.
 
-Objects are placed one at a time; for each, a batch of candidate centres is drawn (uniformly, and
-near the partners of its occlusion / "between" / region relations) and filtered with the
-vectorised rules of ``world.geometry`` at the solver's safety margin. Objects that share no
+Objects are placed one at a time; for each, every point of a jittered grid over the canvas is a
+candidate centre, filtered at once with the vectorised rules of ``world.geometry`` (relations with
+the objects already placed, at the solver's safety margin); one survivor is picked at random. Objects that share no
 occlusion relation keep a clear gap; occluding pairs overlap enough to read and leave the back
 object mostly visible and in one piece. Deterministic for a given seed. ``fixed`` objects keep their place, which is
 how perturbations re-lay a scene with the smallest edit.
@@ -147,48 +147,18 @@ def _partners(scene: Scene, i: int) -> tuple[set[int], list[Relation]]:
     return depth_partners, rels
 
 
-def _candidates(scene: Scene, i: int, placed: dict[int, tuple[float, float]], rels: list[Relation],
-                rng: np.random.Generator, k: int) -> np.ndarray:
+GRID = 64  # candidate centres: a jittered grid of GRID x GRID points over the canvas
+
+
+def _candidates(scene: Scene, i: int, rng: np.random.Generator) -> np.ndarray:
+    """Every grid point where object i fits on the canvas, jittered and shuffled."""
     h = scene.objects[i].half
-    parts = [rng.uniform(h, 1 - h, size=(k, 2))]
-    for r in rels:
-        others = [j for j in r.objects if j != i]
-        if r.kind in DEPTH_KINDS and others[0] in placed:
-            j = others[0]
-            px, py = placed[j]
-            d = rng.uniform(0.45, 0.8, k) * (h + scene.objects[j].half)
-            ang = rng.uniform(0, 2 * np.pi, k)
-            parts.append(np.stack([px + d * np.cos(ang), py + d * np.sin(ang)], 1))
-        elif r.kind == "between" and all(j in placed for j in others):
-            pts = [np.array(placed[j]) for j in others]
-            if r.objects[0] == i:  # i is the middle one
-                t = rng.uniform(0.3, 0.7, (k, 1))
-                base = pts[0] + t * (pts[1] - pts[0])
-            else:  # i is an end: extend beyond the middle one, away from the other end
-                mid = np.array(placed[r.objects[0]])
-                far = pts[1] if others[0] == r.objects[0] else pts[0]
-                u = rng.uniform(0.7, 1.8, (k, 1))
-                base = mid + u * (mid - far)
-            parts.append(base + rng.normal(0, 0.03, (k, 2)))
-        elif r.kind in AXIS and others[0] in placed:
-            j = others[0]
-            ax, sign = AXIS[r.kind]
-            centre = {"x": (0, 1), "y": (0.5, 0), "xy": (0.5, 0.5)}[ax]  # direction of "i after j"
-            vec = np.array(sign if ax == "xy" else ((sign, 0) if ax == "x" else (0, sign)), float)
-            base = np.arctan2(vec[1], vec[0])
-            ang = base + rng.uniform(-0.5, 0.5, k) * (0.45 if ax == "xy" else 0.9)
-            if r.objects[0] != i:  # the relation is stated from j's side: i sits opposite
-                ang = ang + np.pi
-            d = rng.uniform(0.12, 0.75, k)
-            px, py = placed[j]
-            parts.append(np.stack([px + d * np.cos(ang), py + d * np.sin(ang)], 1))
-            del centre
-        elif r.kind == "at":
-            col, row = G.REGIONS[r.region]
-            lo = np.array([col, row]) / 3
-            parts.append(lo + rng.uniform(0.04, 1 / 3 - 0.04, (k, 2)))
-    c = np.concatenate(parts)
-    return c[(c[:, 0] >= h) & (c[:, 0] <= 1 - h) & (c[:, 1] >= h) & (c[:, 1] <= 1 - h)]
+    g = (np.arange(GRID) + 0.5) / GRID
+    g = g[(g >= h) & (g <= 1 - h)]
+    xy = np.stack(np.meshgrid(g, g, indexing="xy"), -1).reshape(-1, 2)
+    xy = xy + rng.uniform(-0.5, 0.5, xy.shape) / GRID
+    xy = np.clip(xy, h, 1 - h)
+    return xy[rng.permutation(len(xy))]
 
 
 def _filter(scene: Scene, i: int, cand: np.ndarray, placed: dict[int, tuple[float, float]],
@@ -235,7 +205,7 @@ def _depth_ok(scene: Scene, placed_scene: Scene, i: int, placed: dict, m: float)
 
 
 def solve(scene: Scene, seed: int | np.random.Generator = 0, fixed: Iterable[int] = (),
-          margin: float = 1.0, restarts: int = 30, rounds: int = 4, k: int = 96) -> Scene:
+          margin: float = 1.0, restarts: int = 30) -> Scene:
     """Return ``scene`` with every object placed so that all its relations hold (with ``margin``).
 
     Objects in ``fixed`` must already be placed and keep their positions. Raises
@@ -262,19 +232,15 @@ def solve(scene: Scene, seed: int | np.random.Generator = 0, fixed: Iterable[int
         for i in order:
             depth_partners, rels = _partners(scene, i)
             chosen = None
-            for _round in range(rounds):
-                cand = _candidates(scene, i, placed, rels, rng, k)
-                cand = _filter(scene, i, cand, placed, depth_partners, rels, margin)
-                for x, y in cand[:12]:
-                    objs[i] = scene.objects[i].at(x, y)
-                    trial_placed = dict(placed)
-                    trial_placed[i] = (x, y)
-                    if not depth_partners or _depth_ok(scene, scene.with_objects(
-                            [o if (o.placed and j in trial_placed) else o.at(0.5, 0.5)
-                             for j, o in enumerate(objs)]), i, trial_placed, margin):
-                        chosen = (x, y)
-                        break
-                if chosen:
+            cand = _filter(scene, i, _candidates(scene, i, rng), placed, depth_partners, rels, margin)
+            for x, y in cand[:24]:
+                objs[i] = scene.objects[i].at(x, y)
+                trial_placed = dict(placed)
+                trial_placed[i] = (x, y)
+                if not depth_partners or _depth_ok(scene, scene.with_objects(
+                        [o if (o.placed and j in trial_placed) else o.at(0.5, 0.5)
+                         for j, o in enumerate(objs)]), i, trial_placed, margin):
+                    chosen = (x, y)
                     break
             if chosen is None:
                 success = False

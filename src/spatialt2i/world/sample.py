@@ -8,7 +8,7 @@ safety margin, so every stated relation is true beyond pixel rounding.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from itertools import combinations, permutations
+from itertools import combinations
 
 import numpy as np
 
@@ -77,24 +77,29 @@ def true_relations(scene: Scene, m: float = 1.0) -> list[Relation]:
     """Every relation that holds in a placed scene with margin ``m`` (one direction per pair)."""
     bx = boxes(scene)
     n = len(scene.objects)
+    A = tuple(bx[:, None, k] for k in range(3))  # (n, 1): object a
+    B = tuple(bx[None, :, k] for k in range(3))  # (1, n): object b
+    eye = np.eye(n, dtype=bool)
     out: list[Relation] = []
-    for a, b in permutations(range(n), 2):
-        for kind in ("above_left", "above_right", "left_of", "above"):  # b-relative, one side only
-            if G.directional(kind, bx[a], bx[b], m):
-                out.append(Relation(kind, (a, b)))
-        if G.size_relation("bigger", bx[a], bx[b], m):
-            out.append(Relation("bigger", (a, b)))
-        r = Relation("in_front_of", (a, b))
-        if relation_holds(scene, r, m, bx) if _boxes_touch(bx[a], bx[b]) else False:
+    # b-relative, one side only (the other side is said by stating it from b)
+    for kind in ("above_left", "above_right", "left_of", "above"):
+        hold = G.directional(kind, A, B, m) & ~eye
+        out += [Relation(kind, (int(a), int(b))) for a, b in zip(*np.nonzero(hold))]
+    big = G.size_relation("bigger", A, B, m) & ~eye
+    out += [Relation("bigger", (int(a), int(b))) for a, b in zip(*np.nonzero(big))]
+    touch = (np.maximum(np.abs(A[0] - B[0]), np.abs(A[1] - B[1])) < (A[2] + B[2]) / 2) & ~eye
+    for a, b in zip(*np.nonzero(touch)):
+        r = Relation("in_front_of", (int(a), int(b)))
+        if relation_holds(scene, r, m, bx):
             out.append(r)
-    for a in range(n):
-        for reg in REGIONS:
-            if G.at(bx[a], reg, m):
-                out.append(Relation("at", (a,), reg))
-    for a in range(n):
-        for b, c in combinations([j for j in range(n) if j != a], 2):
-            if G.between(bx[a], bx[b], bx[c], m):
-                out.append(Relation("between", (a, b, c)))
+    for reg in REGIONS:
+        hold = G.at(tuple(bx[:, k] for k in range(3)), reg, m)
+        out += [Relation("at", (int(a),), reg) for a in np.nonzero(hold)[0]]
+    if n >= 3:
+        a, b, c = np.array([(a, b, c) for a in range(n) for b, c in combinations([j for j in range(n) if j != a], 2)]).T
+        hold = G.between(tuple(bx[a, k] for k in range(3)), tuple(bx[b, k] for k in range(3)),
+                         tuple(bx[c, k] for k in range(3)), m)
+        out += [Relation("between", (int(x), int(y), int(z))) for x, y, z in zip(a[hold], b[hold], c[hold])]
     return out
 
 

@@ -1,0 +1,235 @@
+"""Adversarial perturbations of a scene (the paper's four kinds) with the smallest re-layout.
+
+* ``swap``      -- two objects trade places (their positions and draw order).
+* ``flip``      -- one relation's direction is reversed (left <-> right, front <-> behind, corner to
+                   opposite corner, bigger <-> smaller, the middle of a "between" changes); one of its
+                   objects is re-placed, every other object stays where it was.
+* ``attribute`` -- two objects trade colours, positions kept (which colour goes where).
+* ``multi``     -- 2 or 3 flips at once.
+
+A perturbation is kept only if the perturbed scene satisfies its own relations with the solver's
+margin and breaks at least one relation of the original beyond doubt (false even with a loosened
+rule), so the pair differs spatially and the oracle can tell the two images apart.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+from ..errors import UnsatisfiableSceneError
+from ..world import geometry as G
+from ..world.layout import DEPTH_KINDS, GAP, solve
+from ..world.scene import Obj, Relation, Scene
+from ..world.text import relation_text
+from ..world.truth import all_hold, boxes, relation_holds
+from ..world.vocab import FLIP, OPPOSITE_REGION
+
+KINDS = ("swap", "flip", "attribute", "multi")
+DEFAULT_KIND_WEIGHTS = {"swap": 0.2, "flip": 0.3, "attribute": 0.15, "multi": 0.35}
+POSITIONAL = {"left_of", "right_of", "above", "below", "above_left", "above_right", "below_left",
+              "below_right", "at", "between", "in_front_of", "behind"}
+
+
+class PerturbationFailed(Exception):
+    """This scene offers no valid perturbation of the requested kind (try another scene)."""
+
+
+@dataclass(frozen=True)
+class Perturbed:
+    scene: Scene
+    kind: str
+    records: list[dict[str, str]]  # {type, before, after}
+
+
+def flip_relation(rel: Relation) -> Relation:
+    if rel.kind in FLIP:
+        return Relation(FLIP[rel.kind], rel.objects)
+    if rel.kind == "at":
+        return Relation("at", rel.objects, OPPOSITE_REGION[rel.region])
+    if rel.kind == "between":
+        a, b, c = rel.objects
+        return Relation("between", (b, a, c))
+    raise ValueError(f"relation {rel.kind!r} has no flip")
+
+
+def _movers(rel: Relation) -> list[int]:
+    if rel.kind == "between":
+        return [rel.objects[1], rel.objects[0]]
+    return list(rel.objects)
+
+
+def breaks(original: Scene, candidate: Scene) -> list[int]:
+    """Indices of original relations that are false in ``candidate`` beyond doubt (m = -1).
+
+    Objects are matched by what the text calls them (colour + shape): an original object with no
+    match in ``candidate`` is missing, and every relation naming it is broken.
+    """
+    where = {(o.colour, o.shape): o for o in candidate.objects}
+    objs, missing = [], set()
+    for j, o in enumerate(original.objects):
+        m = where.get((o.colour, o.shape))
+        if m is None:
+            missing.add(j)
+            objs.append(o)
+        else:
+            objs.append(m)
+    test = Scene(tuple(objs), original.relations)
+    bx = boxes(test)
+    return [i for i, r in enumerate(original.relations)
+            if set(r.objects) & missing or not relation_holds(test, r, -1.0, bx)]
+
+
+def layout_ok(scene: Scene) -> bool:
+    """Clear gaps between objects that do not occlude each other; stated occlusions readable."""
+    bx = boxes(scene)
+    pairs = {frozenset(r.objects) for r in scene.relations if r.kind in DEPTH_KINDS}
+    n = len(scene.objects)
+    for i in range(n):
+        for j in range(i + 1, n):
+            sep = max(abs(bx[i, 0] - bx[j, 0]), abs(bx[i, 1] - bx[j, 1])) - (bx[i, 2] + bx[j, 2]) / 2
+            if frozenset((i, j)) not in pairs and sep < GAP:
+                return False
+            if scene.objects[i].colour == scene.objects[j].colour and sep < GAP:
+                return False
+    return all_hold(scene, m=1.0)
+
+
+def _resize_flip(scene: Scene, rel: Relation) -> Scene | None:
+    """bigger <-> smaller: the two objects trade sizes (sizes are attributes; positions stay)."""
+    a, b = rel.objects
+    oa, ob = scene.objects[a], scene.objects[b]
+    objs = list(scene.objects)
+    objs[a] = Obj(oa.shape, oa.colour, ob.size, oa.x, oa.y, oa.depth)
+    objs[b] = Obj(ob.shape, ob.colour, oa.size, ob.x, ob.y, ob.depth)
+    return scene.with_objects(objs)
+
+
+def _relayout(scene: Scene, target: Scene, idx: list[int], rng: np.random.Generator) -> Scene | None:
+    """Smallest re-layout of ``target`` (flipped relations at ``idx``): move nothing, one object, both."""
+    n = len(scene.objects)
+    for i in idx:  # size flips change attributes, not places
+        r = target.relations[i]
+        if r.kind in ("bigger", "smaller"):
+            target = _resize_flip(target, r)
+    movers = [_movers(scene.relations[i]) for i in idx if scene.relations[i].kind not in ("bigger", "smaller")]
+    options: list[set[int]] = [set()]
+    for _ in range(3):
+        options.append({int(rng.permutation(m)[0]) for m in movers})
+    options.append({j for m in movers for j in m})
+    seen: list[set[int]] = []
+    for free in options:
+        if free in seen:
+            continue
+        seen.append(free)
+        if not free:
+            if any(target.relations[i].kind not in (*DEPTH_KINDS, "bigger", "smaller") for i in idx):
+                continue
+        try:
+            out = solve(target, rng, fixed=[j for j in range(n) if j not in free], restarts=1 if len(free) <= 1 else 2)
+        except UnsatisfiableSceneError:
+            continue
+        if layout_ok(out) and all(i in breaks(scene, out) for i in idx):
+            return out
+    return None
+
+
+def _flip(scene: Scene, rng: np.random.Generator, n: int, attempts: int = 3) -> Perturbed:
+    if len(scene.relations) < n:
+        raise PerturbationFailed(f"scene has fewer than {n} relations")
+    for _ in range(attempts):
+        idx = [int(i) for i in rng.permutation(len(scene.relations))[:n]]
+        rels = list(scene.relations)
+        for i in idx:
+            rels[i] = flip_relation(rels[i])
+        out = _relayout(scene, scene.with_relations(rels), idx, rng)
+        if out is not None:
+            records = [{"type": "flip", "before": relation_text(scene, scene.relations[i]),
+                        "after": relation_text(out, out.relations[i])} for i in idx]
+            return Perturbed(out, "flip" if n == 1 else "multi", records)
+    raise PerturbationFailed("no re-layout satisfies the flipped relations")
+
+
+def _swap(scene: Scene, rng: np.random.Generator) -> Perturbed:
+    mentioned = sorted({j for r in scene.relations if r.kind in POSITIONAL for j in r.objects})
+    pairs = [(a, b) for k, a in enumerate(mentioned) for b in mentioned[k + 1:]]
+    for p in rng.permutation(len(pairs))[:6]:
+        a, b = pairs[int(p)]
+        oa, ob = scene.objects[a], scene.objects[b]
+        objs = list(scene.objects)
+        objs[a] = Obj(oa.shape, oa.colour, oa.size, ob.x, ob.y, ob.depth)
+        objs[b] = Obj(ob.shape, ob.colour, ob.size, oa.x, oa.y, oa.depth)
+        ren = {a: b, b: a}
+        rels = [Relation(r.kind, tuple(ren.get(j, j) for j in r.objects), r.region) if r.kind in POSITIONAL else r
+                for r in scene.relations]
+        try:
+            out = Scene(tuple(objs), tuple(rels))
+        except Exception:
+            continue
+        if not layout_ok(out):
+            continue
+        broken = breaks(scene, out)
+        if broken:
+            i = broken[0]
+            return Perturbed(out, "swap", [{"type": "swap", "before": relation_text(scene, scene.relations[i]),
+                                            "after": relation_text(out, out.relations[i])}])
+    raise PerturbationFailed("no swap of two objects breaks a relation cleanly")
+
+
+def _attribute(scene: Scene, rng: np.random.Generator) -> Perturbed:
+    mentioned = sorted({j for r in scene.relations for j in r.objects})
+    pairs = [(a, b) for k, a in enumerate(mentioned) for b in mentioned[k + 1:]
+             if scene.objects[a].colour != scene.objects[b].colour]
+    # prefer same-shape pairs: then only which colour sits where changes
+    pairs.sort(key=lambda p: (scene.objects[p[0]].shape != scene.objects[p[1]].shape, rng.random()))
+    for a, b in pairs[:6]:
+        oa, ob = scene.objects[a], scene.objects[b]
+        objs = list(scene.objects)
+        objs[a] = Obj(oa.shape, ob.colour, oa.size, oa.x, oa.y, oa.depth)
+        objs[b] = Obj(ob.shape, oa.colour, ob.size, ob.x, ob.y, ob.depth)
+        try:
+            out = Scene(tuple(objs), scene.relations)
+        except Exception:  # colour+shape no longer unique
+            continue
+        if not layout_ok(out) or not breaks(scene, out):
+            continue
+        before = f"the {oa.colour} {oa.shape} and the {ob.colour} {ob.shape}"
+        after = f"the {ob.colour} {oa.shape} and the {oa.colour} {ob.shape}"
+        return Perturbed(out, "attribute", [{"type": "attribute", "before": before, "after": after}])
+    raise PerturbationFailed("no two objects can trade colours")
+
+
+def perturb(scene: Scene, rng: np.random.Generator, kind: str | None = None,
+            weights: dict[str, float] | None = None, multi_counts: Sequence[float] = (0.6, 0.4)) -> Perturbed:
+    """Perturb a placed scene; ``kind`` drawn from ``weights`` when not given.
+
+    When the drawn kind has no valid perturbation in this scene, the other kinds are tried in
+    order of weight before giving up (so few scenes are wasted; the card reports the real mix).
+    """
+    if kind is not None:
+        return _perturb_kind(scene, rng, kind, multi_counts)
+    w = weights or DEFAULT_KIND_WEIGHTS
+    names = [k for k in KINDS if w.get(k, 0) > 0]
+    p = np.array([w[k] for k in names], float)
+    first = names[int(rng.choice(len(names), p=p / p.sum()))]
+    order = [first] + sorted((k for k in names if k != first), key=lambda k: -w[k])
+    for k in order:
+        try:
+            return _perturb_kind(scene, rng, k, multi_counts)
+        except PerturbationFailed:
+            continue
+    raise PerturbationFailed("no perturbation of any kind is valid for this scene")
+
+
+def _perturb_kind(scene: Scene, rng: np.random.Generator, kind: str, multi_counts: Sequence[float]) -> Perturbed:
+    if kind == "flip":
+        return _flip(scene, rng, 1)
+    if kind == "multi":
+        return _flip(scene, rng, 2 + int(rng.choice(2, p=np.asarray(multi_counts) / sum(multi_counts))))
+    if kind == "swap":
+        return _swap(scene, rng)
+    if kind == "attribute":
+        return _attribute(scene, rng)
+    raise ValueError(f"unknown perturbation kind {kind!r} (known: {', '.join(KINDS)})")
