@@ -118,8 +118,8 @@ class SpatialScore(nn.Module):
     @classmethod
     def from_backbone(cls, base_model: str | os.PathLike, lora: LoraSettings | None = LoraSettings(),
                       instruction: str = DEFAULT_INSTRUCTION, head_hidden: int = 0,
-                      reward_token: str = REWARD_TOKEN, device: str | torch.device = "cpu", dtype: torch.dtype | str | None = None,
-                      seed: int = 0) -> "SpatialScore":
+                      reward_token: str = REWARD_TOKEN, device: str | torch.device = "cpu",
+                      dtype: torch.dtype | str | None = None, seed: int = 0) -> "SpatialScore":
         """A fresh reward model (new LoRA adapter, new head) on a pretrained Qwen2.5-VL.
 
         ``lora=None`` freezes the whole backbone (only the head and the ``<reward>`` row train).
