@@ -29,6 +29,7 @@ COMMAND_MODULES = (
     "spatialt2i.data.cli",
     "spatialt2i.review.cli",
     "spatialt2i.reward.cli",
+    "spatialt2i.reward.cli_pretrain",
     "spatialt2i.gen.cli",
     "spatialt2i.rl.cli",
     "spatialt2i.bench.cli",

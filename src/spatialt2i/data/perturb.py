@@ -28,7 +28,8 @@ from ..world.truth import all_hold, boxes, relation_holds
 from ..world.vocab import FLIP, OPPOSITE_REGION
 
 KINDS = ("swap", "flip", "attribute", "multi")
-DEFAULT_KIND_WEIGHTS = {"swap": 0.2, "flip": 0.3, "attribute": 0.15, "multi": 0.35}
+DEFAULT_KIND_WEIGHTS = {"swap": 0.15, "flip": 0.25, "attribute": 0.12, "multi": 0.48}
+FLIP_EASE = {"at": 0.4, "between": 0.3}
 POSITIONAL = {"left_of", "right_of", "above", "below", "above_left", "above_right", "below_left",
               "below_right", "at", "between", "in_front_of", "behind"}
 
@@ -136,20 +137,42 @@ def _relayout(scene: Scene, target: Scene, idx: list[int], rng: np.random.Genera
     return None
 
 
-def _flip(scene: Scene, rng: np.random.Generator, n: int, attempts: int = 3) -> Perturbed:
+def _flip_one(scene: Scene, rng: np.random.Generator, exclude: set[int], attempts: int) -> tuple[Scene, int] | None:
+    """Flip one relation (not in ``exclude``) with the smallest re-layout that keeps all the others."""
+    cand = [i for i in range(len(scene.relations)) if i not in exclude]
+    if not cand:
+        return None
+    # directions, occlusions and sizes flip with a small move; placements and "between" rarely do
+    w = np.array([FLIP_EASE.get(scene.relations[i].kind, 1.0) for i in cand])
+    for i in rng.choice(cand, size=min(attempts, len(cand)), replace=False, p=w / w.sum()):
+        i = int(i)
+        rels = list(scene.relations)
+        rels[i] = flip_relation(rels[i])
+        out = _relayout(scene, scene.with_relations(rels), [i], rng)
+        if out is not None:
+            return out, i
+    return None
+
+
+def _flip(scene: Scene, rng: np.random.Generator, n: int, attempts: int = 10) -> Perturbed:
+    """``n`` flips, applied one after another (each later re-layout keeps the earlier flips)."""
     if len(scene.relations) < n:
         raise PerturbationFailed(f"scene has fewer than {n} relations")
-    for _ in range(attempts):
-        idx = [int(i) for i in rng.permutation(len(scene.relations))[:n]]
-        rels = list(scene.relations)
-        for i in idx:
-            rels[i] = flip_relation(rels[i])
-        out = _relayout(scene, scene.with_relations(rels), idx, rng)
-        if out is not None:
-            records = [{"type": "flip", "before": relation_text(scene, scene.relations[i]),
-                        "after": relation_text(out, out.relations[i])} for i in idx]
-            return Perturbed(out, "flip" if n == 1 else "multi", records)
-    raise PerturbationFailed("no re-layout satisfies the flipped relations")
+    current, done = scene, []
+    for _ in range(n):
+        step = _flip_one(current, rng, set(done), attempts)
+        if step is None:
+            if len(done) >= 2:  # asked for 3, two flips are still a valid "multi"
+                break
+            raise PerturbationFailed("no re-layout satisfies the flipped relations")
+        current, i = step
+        done.append(i)
+    broken = breaks(scene, current)
+    if not all(i in broken for i in done):
+        raise PerturbationFailed("a later flip undid an earlier one")
+    records = [{"type": "flip", "before": relation_text(scene, scene.relations[i]),
+                "after": relation_text(current, current.relations[i])} for i in done]
+    return Perturbed(current, "flip" if n == 1 else "multi", records)
 
 
 def _swap(scene: Scene, rng: np.random.Generator) -> Perturbed:

@@ -1,6 +1,6 @@
 """The layout solver: place a scene's objects so that every stated relation holds.
 
-Objects are placed one at a time; for each, every point of a jittered grid over the canvas is a
+Objects are placed one at a time; for each, every point of a pixel-centre grid over the canvas is a
 candidate centre, filtered at once with the vectorised rules of ``world.geometry`` (relations with
 the objects already placed, at the solver's safety margin); one survivor is picked at random. Objects that share no
 occlusion relation keep a clear gap; occluding pairs overlap enough to read and leave the back
@@ -10,6 +10,7 @@ how perturbations re-lay a scene with the smallest edit.
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Iterable
 
 import numpy as np
@@ -147,18 +148,21 @@ def _partners(scene: Scene, i: int) -> tuple[set[int], list[Relation]]:
     return depth_partners, rels
 
 
-GRID = 64  # candidate centres: a jittered grid of GRID x GRID points over the canvas
+GRID = 64  # candidate centres: the pixel-centre grid of a 64 x 64 canvas
+
+
+@lru_cache(maxsize=64)
+def _grid(half: float) -> np.ndarray:
+    g = (np.arange(GRID) + 0.5) / GRID
+    g = g[(g >= half) & (g <= 1 - half)]
+    xy = np.stack(np.meshgrid(g, g, indexing="xy"), -1).reshape(-1, 2)
+    xy.setflags(write=False)
+    return xy
 
 
 def _candidates(scene: Scene, i: int, rng: np.random.Generator) -> np.ndarray:
-    """Every grid point where object i fits on the canvas, jittered and shuffled."""
-    h = scene.objects[i].half
-    g = (np.arange(GRID) + 0.5) / GRID
-    g = g[(g >= h) & (g <= 1 - h)]
-    xy = np.stack(np.meshgrid(g, g, indexing="xy"), -1).reshape(-1, 2)
-    xy = xy + rng.uniform(-0.5, 0.5, xy.shape) / GRID
-    xy = np.clip(xy, h, 1 - h)
-    return xy[rng.permutation(len(xy))]
+    """Every grid point where object i fits on the canvas (shuffled after filtering)."""
+    return _grid(scene.objects[i].half)
 
 
 def _filter(scene: Scene, i: int, cand: np.ndarray, placed: dict[int, tuple[float, float]],
@@ -171,6 +175,12 @@ def _filter(scene: Scene, i: int, cand: np.ndarray, placed: dict[int, tuple[floa
         sep = np.maximum(np.abs(cand[:, 0] - px), np.abs(cand[:, 1] - py)) - (hi + hj)
         ok &= (sep < -0.01) if j in depth_partners else (sep >= GAP)
     for r in rels:
+        if r.kind == "between" and r.objects[0] != i:  # i is an end: leave room for the middle one
+            other = [j for j in r.objects[1:] if j != i][0]
+            if other in placed:
+                hm, ho = scene.objects[r.objects[0]].half, scene.objects[other].half
+                room = (hi + ho + 2 * hm + 2 * GAP) / 0.85
+                ok &= np.hypot(cand[:, 0] - placed[other][0], cand[:, 1] - placed[other][1]) >= room
         if r.kind in DEPTH_KINDS or not all(j == i or j in placed for j in r.objects):
             continue
         geo = []
@@ -233,7 +243,9 @@ def solve(scene: Scene, seed: int | np.random.Generator = 0, fixed: Iterable[int
             depth_partners, rels = _partners(scene, i)
             chosen = None
             cand = _filter(scene, i, _candidates(scene, i, rng), placed, depth_partners, rels, margin)
-            for x, y in cand[:24]:
+            tries = 120 if depth_partners else 24
+            pick = rng.choice(len(cand), size=min(tries, len(cand)), replace=False) if len(cand) else []
+            for x, y in cand[pick]:
                 objs[i] = scene.objects[i].at(x, y)
                 trial_placed = dict(placed)
                 trial_placed[i] = (x, y)

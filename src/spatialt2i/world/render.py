@@ -93,11 +93,14 @@ def id_map(scene: Scene, size: int = 64) -> np.ndarray:
     return np.asarray(img)
 
 
+@lru_cache(maxsize=16384)
 def full_mask(o: Obj, size: int = 64) -> np.ndarray:
-    """Boolean mask of one object's whole shape, ignoring anything drawn over it."""
+    """Boolean mask of one object's whole shape, ignoring anything drawn over it (read-only)."""
     img = Image.new("1", (size, size), 0)
     draw_shape(ImageDraw.Draw(img), o.shape, pixel_box(o, size), 1)
-    return np.asarray(img, dtype=bool)
+    m = np.asarray(img, dtype=bool)
+    m.setflags(write=False)
+    return m
 
 
 @lru_cache(maxsize=8192)
