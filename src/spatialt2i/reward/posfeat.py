@@ -1,0 +1,156 @@
+"""Optional absolute position features for the merged visual tokens of a *tiny* Qwen2.5-VL.
+
+Why: the stock Qwen2.5-VL vision tower has no absolute position embedding (2-D RoPE only) and does
+not bring its merged tokens to the scale of the text embeddings. A random-init tiny model then
+cannot tell where an object is (``shared/notes/world-reward-learnability.md``, trial 2: flat for
+700 steps; with this fix, cell-level localisation in minutes). A pretrained 7B model does not need it.
+
+What: a small module run as a **forward hook on ``model.model.visual``**. It rewrites the merged
+tokens (``pooler_output``) of each image as
+
+    LayerNorm(tokens - mean over the image's tokens) + row_emb[r] + col_emb[c]
+
+where (r, c) is the token's cell on the merged grid. Nothing in the Qwen2.5-VL classes changes: the
+checkpoint folder stays a plain ``save_pretrained`` folder that ``from_pretrained`` loads, plus two
+small files written next to it (``posfeat.json`` + ``posfeat.safetensors``). :func:`attach_if_present`
+attaches the hook only when the folder contains them, so the full-scale path (a hub id or a folder
+without them) is untouched. Loading code calls it right after ``from_pretrained``::
+
+    vlm = Qwen2_5_VLForConditionalGeneration.from_pretrained(path)
+    posfeat.attach_if_present(vlm, path)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+CONFIG_FILE = "posfeat.json"
+WEIGHTS_FILE = "posfeat.safetensors"
+ATTR = "_spatialt2i_posfeat"  # where the attached module lives on the VLM (keeps it out of state_dict)
+
+
+class VisualPosFeat(nn.Module):
+    """Centre + LayerNorm the merged visual tokens of each image and add a learned (row, col) embedding."""
+
+    def __init__(self, hidden: int, max_rows: int = 16, max_cols: int = 16, init_std: float = 0.5) -> None:
+        super().__init__()
+        self.hidden, self.max_rows, self.max_cols, self.init_std = hidden, max_rows, max_cols, init_std
+        self.norm = nn.LayerNorm(hidden)
+        self.row = nn.Parameter(torch.randn(max_rows, hidden) * init_std)
+        self.col = nn.Parameter(torch.randn(max_cols, hidden) * init_std)
+        self.merge = 2
+
+    def config(self) -> dict[str, Any]:
+        return {"hidden": self.hidden, "max_rows": self.max_rows, "max_cols": self.max_cols,
+                "init_std": self.init_std, "merge": self.merge, "format_version": 1}
+
+    def forward(self, tokens: torch.Tensor, grid_thw: torch.Tensor) -> torch.Tensor:
+        out, start = [], 0
+        for t, h, w in grid_thw.tolist():
+            hh, ww = h // self.merge, w // self.merge
+            if hh > self.max_rows or ww > self.max_cols:
+                raise ValueError(f"image grid {hh}x{ww} merged tokens exceeds the position table "
+                                 f"({self.max_rows}x{self.max_cols})")
+            n = t * hh * ww
+            x = tokens[start:start + n]
+            start += n
+            x = self.norm(x - x.mean(0, keepdim=True))
+            r = torch.arange(hh, device=x.device).repeat_interleave(ww).repeat(t)
+            c = torch.arange(ww, device=x.device).repeat(hh * t)
+            out.append(x + self.row[r].to(x.dtype) + self.col[c].to(x.dtype))
+        return torch.cat(out, 0)
+
+
+def _hook(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> Any:
+    pf: VisualPosFeat = getattr(module, ATTR)
+    grid = kwargs.get("grid_thw", args[1] if len(args) > 1 else None)
+    if grid is None:
+        raise ValueError("posfeat: the vision tower was called without grid_thw")
+    output.pooler_output = pf(output.pooler_output, grid)
+    return output
+
+
+def _visual(vlm: nn.Module) -> nn.Module:
+    inner = getattr(vlm, "model", vlm)
+    vis = getattr(inner, "visual", None)
+    if vis is None:
+        raise ValueError("posfeat: model has no .model.visual vision tower")
+    return vis
+
+
+def attach(vlm: nn.Module, pf: VisualPosFeat) -> VisualPosFeat:
+    """Run ``pf`` on the vision tower's merged tokens from now on (replaces an earlier attachment)."""
+    vis = _visual(vlm)
+    detach(vlm)
+    p = next(vis.parameters())
+    pf.to(device=p.device)
+    object.__setattr__(vis, ATTR, pf)   # not a registered submodule: the VLM's state_dict stays stock
+    vis._spatialt2i_posfeat_handle = vis.register_forward_hook(_hook, with_kwargs=True)
+    return pf
+
+
+def detach(vlm: nn.Module) -> None:
+    vis = _visual(vlm)
+    h = getattr(vis, "_spatialt2i_posfeat_handle", None)
+    if h is not None:
+        h.remove()
+        del vis._spatialt2i_posfeat_handle
+    if ATTR in vis.__dict__:
+        del vis.__dict__[ATTR]
+
+
+def attached(vlm: nn.Module) -> VisualPosFeat | None:
+    return _visual(vlm).__dict__.get(ATTR)
+
+
+def new(vlm: nn.Module, init_std: float = 0.5, seed: int = 0) -> VisualPosFeat:
+    """Create and attach a fresh module sized for ``vlm``."""
+    hidden = vlm.config.text_config.hidden_size if hasattr(vlm.config, "text_config") else vlm.config.hidden_size
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        pf = VisualPosFeat(hidden, init_std=init_std)
+    return attach(vlm, pf)
+
+
+def save(vlm: nn.Module, out_dir: str | os.PathLike) -> bool:
+    """Write the attached module next to a ``save_pretrained`` folder; False if none is attached."""
+    pf = attached(vlm)
+    if pf is None:
+        return False
+    from safetensors.torch import save_file
+
+    out = Path(out_dir)
+    (out / CONFIG_FILE).write_text(json.dumps(pf.config(), indent=1))
+    save_file({k: v.detach().cpu().contiguous() for k, v in pf.state_dict().items()}, str(out / WEIGHTS_FILE))
+    return True
+
+
+def attach_if_present(vlm: nn.Module, path: str | os.PathLike) -> VisualPosFeat | None:
+    """Attach the folder's position features if it has them; None (and no change) otherwise."""
+    p = Path(str(path))
+    if not (p.is_dir() and (p / CONFIG_FILE).is_file() and (p / WEIGHTS_FILE).is_file()):
+        return None
+    from safetensors.torch import load_file
+
+    cfg = json.loads((p / CONFIG_FILE).read_text())
+    pf = VisualPosFeat(cfg["hidden"], cfg["max_rows"], cfg["max_cols"], cfg.get("init_std", 0.5))
+    pf.merge = cfg.get("merge", 2)
+    pf.load_state_dict(load_file(str(p / WEIGHTS_FILE)))
+    dtype = next(_visual(vlm).parameters()).dtype
+    pf.to(dtype=dtype)
+    return attach(vlm, pf)
+
+
+def load_vlm(path: str | os.PathLike, dtype: torch.dtype = torch.float32) -> Any:
+    """``Qwen2_5_VLForConditionalGeneration.from_pretrained(path)`` plus :func:`attach_if_present`."""
+    from .backbone import load_vlm as _load
+
+    vlm = _load(str(path), dtype=dtype)
+    attach_if_present(vlm, path)
+    return vlm

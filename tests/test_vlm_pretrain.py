@@ -1,0 +1,142 @@
+"""World pretraining of the tiny Qwen2.5-VL backbone (reward/pretrain.py, posfeat.py, zeroshot.py)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from spatialt2i.reward import posfeat  # noqa: E402
+from spatialt2i.reward.pretrain import (  # noqa: E402
+    PretrainConfig, Probes, WorldSampler, answer_ids, collate, forward_losses, load_backbone, save_backbone)
+
+ASSETS = Path(__file__).resolve().parents[1] / "src" / "spatialt2i" / "assets"
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    from spatialt2i.reward.backbone import load_image_processor, load_tokenizer
+    from spatialt2i.reward.tiny import init_tiny
+
+    d = init_tiny(tmp_path_factory.mktemp("tiny") / "m", size="small", seed=0)
+    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(str(d), dtype=torch.float32)
+    posfeat.new(model, seed=0)
+    return model, load_tokenizer(str(d)), load_image_processor(str(d))
+
+
+def test_sampler_labels_and_positions(tiny):
+    _, tok, ip = tiny
+    cfg = PretrainConfig()
+    sm = WorldSampler(tok, seed=1, pool=20)
+    sm.fill()
+    samples = [sm.sample(easy, vqa, cfg) for easy in (True, False) for vqa in (True, False) for _ in range(4)]
+    b = collate(samples, tok, ip, answer_ids(tok))
+    ids = b.inputs["input_ids"]
+    shapes = {"circle", "square", "triangle", "star", "diamond", "cross"}
+    # every gather target sits on a shape word; every answer target is yes/no
+    for r, p, *_ in b.mention.tolist():
+        assert tok.decode([int(ids[r, p])]).strip() in shapes
+    yes, no = answer_ids(tok)
+    assert set(b.answer[:, 2].tolist()) <= {yes, no}
+    assert len(b.truth) and set(b.truth[:, 2].tolist()) <= {0, 1}
+    assert (b.inputs["mm_token_type_ids"].sum(1) == 16).all()
+
+
+def test_judge_matches_truth():
+    from spatialt2i.world.sample import random_scene, true_relations
+
+    rng = np.random.default_rng(0)
+    s = random_scene(rng)
+    for rel in true_relations(s, 1.0)[:10]:
+        assert WorldSampler.judge(s, s, rel) == 1
+
+
+def test_pretrain_steps_loss_falls(tiny):
+    model, tok, ip = tiny
+    torch.manual_seed(0)
+    cfg = PretrainConfig(batch=8)
+    sm = WorldSampler(tok, seed=2, pool=10)
+    sm.fill()
+    b = collate([sm.sample(True, i % 2 == 0, cfg) for i in range(8)], tok, ip, answer_ids(tok))
+    probes = Probes(model.config.text_config.hidden_size)
+    pf = posfeat.attached(model)
+    params = list(model.parameters()) + list(pf.parameters()) + list(probes.parameters())
+    opt = torch.optim.AdamW(params, lr=2e-3)
+    losses = []
+    for _ in range(12):
+        loss, _ = forward_losses(model, probes, b, cfg)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.8 * losses[0]
+
+
+def test_save_reload_identical(tiny, tmp_path):
+    model, tok, ip = tiny
+    model.eval()
+    with torch.no_grad():  # make the posfeat weights non-trivial
+        posfeat.attached(model).row.add_(0.1)
+    save_backbone(model, tok, ip, tmp_path / "ck")
+    assert (tmp_path / "ck" / posfeat.WEIGHTS_FILE).is_file()
+    m2, tok2, ip2 = load_backbone(tmp_path / "ck")
+    assert posfeat.attached(m2) is not None
+    cfg = PretrainConfig()
+    sm = WorldSampler(tok, seed=3, pool=5)
+    sm.fill()
+    b = collate([sm.sample(False, True, cfg) for _ in range(3)], tok, ip, answer_ids(tok))
+    with torch.no_grad():
+        a = model(**b.inputs).logits
+        c = m2(**b.inputs).logits
+    assert torch.equal(a, c)
+    # without the posfeat files, from_pretrained gives the stock model (no hook attached)
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    (tmp_path / "ck" / posfeat.CONFIG_FILE).unlink()
+    m3 = posfeat.load_vlm(tmp_path / "ck")
+    assert posfeat.attached(m3) is None
+    assert isinstance(m3, Qwen2_5_VLForConditionalGeneration)
+
+
+def test_zeroshot_clause_split():
+    from spatialt2i.reward.zeroshot import split_clauses
+
+    p = "A minimal scene. A red circle is left of a blue star; the blue star is above a green cross, and the red " \
+        "circle is bigger than the green cross."
+    assert split_clauses(p) == ["A minimal scene", "A red circle is left of a blue star",
+                                "the blue star is above a green cross", "the red circle is bigger than the green cross"]
+
+
+@pytest.mark.parametrize("size", ["small", "base"])
+def test_shipped_backbone_answers_two_object_questions(size):
+    d = ASSETS / f"world-vlm-{size}"
+    if not (d / "config.json").is_file():
+        pytest.skip(f"no shipped checkpoint {d}")
+    from spatialt2i.reward.zeroshot import yesno_scores
+    from spatialt2i.world.render import render
+    from spatialt2i.world.scene import Obj, Scene
+
+    model, tok, ip = load_backbone(d)
+    model.eval()
+    rng = np.random.default_rng(0)
+    prompts, images, truth = [], [], []
+    for _ in range(24):
+        xa, xb = rng.uniform(0.15, 0.35), rng.uniform(0.65, 0.85)
+        if rng.random() < 0.5:
+            xa, xb = xb, xa
+        y = rng.uniform(0.3, 0.7, size=2)
+        s = Scene((Obj("circle", "red", "medium", xa, y[0]), Obj("square", "blue", "medium", xb, y[1], depth=1)))
+        word = "left" if rng.random() < 0.5 else "right"
+        prompts.append(f"the red circle is to the {word} of the blue square")
+        images.append(render(s, 64))
+        truth.append((xa < xb) == (word == "left"))
+    sc = yesno_scores(model, tok, ip, prompts, images)
+    acc = float(((sc > 0) == torch.tensor(truth)).float().mean())
+    assert acc >= 0.75, acc
