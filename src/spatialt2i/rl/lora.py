@@ -1,0 +1,114 @@
+"""LoRA on the Flux transformer (peft), saved in diffusers' format.
+
+:func:`save_lora` writes ``pytorch_lora_weights.safetensors`` with ``FluxPipeline.save_lora_weights``
+(keys ``transformer.<module>.lora_A/B.weight`` plus the adapter's rank/alpha as metadata), so
+``FluxPipeline.load_lora_weights(DIR)`` loads it on any Flux pipeline, FLUX.1-dev or the world's.
+:func:`load_lora_into` puts such a file back into a transformer that already has the adapter
+(resume), :func:`load_lora_pipeline` into a plain pipeline (benchmarks).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from spatialt2i.errors import SpatialT2IError
+
+WEIGHT_NAME = "pytorch_lora_weights.safetensors"
+ADAPTER = "default"
+
+
+class LoraLoadError(SpatialT2IError, ValueError):
+    """A LoRA folder is missing or does not fit the transformer."""
+
+
+def add_lora(transformer: torch.nn.Module, rank: int, alpha: float, targets: list[str],
+             dropout: float = 0.0) -> list[torch.nn.Parameter]:
+    """Freeze ``transformer`` and add a LoRA adapter; returns the trainable LoRA parameters."""
+    from peft import LoraConfig
+
+    transformer.requires_grad_(False)
+    cfg = LoraConfig(r=rank, lora_alpha=alpha, target_modules=list(targets), lora_dropout=dropout,
+                     init_lora_weights=True)
+    try:
+        transformer.add_adapter(cfg, adapter_name=ADAPTER)
+    except ValueError as e:
+        raise LoraLoadError(f"lora.targets {targets}: {e}") from e
+    params = [p for n, p in transformer.named_parameters() if "lora_" in n]
+    for p in params:
+        p.requires_grad_(True)
+    return params
+
+
+def lora_state_dict(transformer: torch.nn.Module) -> dict[str, torch.Tensor]:
+    from peft.utils import get_peft_model_state_dict
+
+    return {k: v.detach().cpu().contiguous() for k, v in get_peft_model_state_dict(transformer, adapter_name=ADAPTER).items()}
+
+
+def save_lora(transformer: torch.nn.Module, out_dir: str | os.PathLike,
+              state_dict: dict[str, torch.Tensor] | None = None) -> Path:
+    """Write the adapter (or ``state_dict``, e.g. EMA weights) in diffusers' Flux LoRA format."""
+    from diffusers import FluxPipeline
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    sd = lora_state_dict(transformer) if state_dict is None else state_dict
+    peft_cfg = transformer.peft_config[ADAPTER]
+    meta = {"r": peft_cfg.r, "lora_alpha": peft_cfg.lora_alpha,
+            "target_modules": sorted(peft_cfg.target_modules), "lora_dropout": peft_cfg.lora_dropout}
+    FluxPipeline.save_lora_weights(str(out), transformer_lora_layers=sd, weight_name=WEIGHT_NAME,
+                                   transformer_lora_adapter_metadata=meta)
+    return out / WEIGHT_NAME
+
+
+def read_lora(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """The ``transformer.``-prefixed state dict of a saved LoRA folder (or file), prefix removed."""
+    from safetensors.torch import load_file
+
+    p = Path(path)
+    f = p / WEIGHT_NAME if p.is_dir() else p
+    if not f.is_file():
+        raise LoraLoadError(f"LoRA path {path}: no {WEIGHT_NAME} found")
+    sd = load_file(str(f))
+    return {k[len("transformer."):]: v for k, v in sd.items() if k.startswith("transformer.")}
+
+
+def load_lora_into(transformer: torch.nn.Module, path: str | os.PathLike) -> None:
+    """Copy a saved LoRA into the transformer's existing adapter (same rank and targets)."""
+    from peft.utils import set_peft_model_state_dict
+
+    sd = read_lora(path)
+    own = lora_state_dict(transformer)
+    if set(sd) != set(own) or any(sd[k].shape != own[k].shape for k in own):
+        raise LoraLoadError(f"LoRA {path} does not fit the transformer's adapter "
+                            f"({len(sd)} tensors vs {len(own)} expected, or shapes differ)")
+    result = set_peft_model_state_dict(transformer, sd, adapter_name=ADAPTER)
+    if getattr(result, "unexpected_keys", None):
+        raise LoraLoadError(f"LoRA {path}: unexpected keys {result.unexpected_keys[:5]}")
+
+
+def load_lora_pipeline(pipe: Any, path: str | os.PathLike) -> None:
+    """``pipe.load_lora_weights`` with a clear error naming the folder."""
+    p = Path(path)
+    if not (p / WEIGHT_NAME).is_file():
+        raise LoraLoadError(f"LoRA path {path}: no {WEIGHT_NAME} (expected a folder written by save_lora)")
+    try:
+        pipe.load_lora_weights(str(p), weight_name=WEIGHT_NAME)
+    except Exception as e:  # diffusers raises ValueError/KeyError/RuntimeError on mismatches
+        raise LoraLoadError(f"could not load LoRA {path} into the pipeline: {e}") from e
+
+
+@contextmanager
+def adapter_disabled(transformer: torch.nn.Module) -> Iterator[None]:
+    """The reference model: the same network with the LoRA adapter switched off."""
+    transformer.disable_adapters()
+    try:
+        yield
+    finally:
+        transformer.enable_adapters()
