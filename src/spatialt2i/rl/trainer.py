@@ -1,0 +1,437 @@
+"""Online GRPO with top-k/bottom-k filtering on a Flux generator (stage 3 of the method).
+
+One iteration, on each rank:
+
+1. **Rollout**: for each of this rank's prompts, a group of G samples in one batched SDE rollout
+   (``FluxGenerator.sample``); rewards are computed in a background thread while the next group
+   samples. A group never leaves its rank.
+2. **Advantages**: per group, keep the top-k and bottom-k (``rl.advantages.compute_advantages``),
+   normalise over the group or the kept subset, clip.
+3. **Update**: the kept samples of all this rank's groups are replayed on the trained rollout
+   steps in few batched passes (``FluxGenerator.replay``: all trained steps stacked on the batch,
+   the same ``forward`` as the rollout, so before the first update the ratio is exactly 1), with
+   the stored rollout log-probs as the old policy. PPO-clipped loss plus optional KL to the
+   reference (the same network with the LoRA disabled). The loss is a sum over rows divided by the
+   number of rows over all ranks, and LoRA gradients are summed over ranks, so W processes take
+   exactly the step one process takes on the same groups.
+
+Every iteration's prompts and seeds are a pure function of ``(seed, iteration, group index)``;
+with the optimizer and EMA state in the checkpoint a resumed run continues identically.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from spatialt2i.errors import ConfigError
+from spatialt2i.gen.flux import FluxGenerator, PromptEmbeds, Trajectory
+from spatialt2i.rl.advantages import compute_advantages, gaussian_kl_same_std, grpo_clipped_loss, zero_std_groups
+from spatialt2i.rl.config import RLConfig
+from spatialt2i.rl.lora import adapter_disabled, add_lora, lora_state_dict, load_lora_into, save_lora
+from spatialt2i.rl.rewards import Scorer
+
+log = logging.getLogger(__name__)
+
+PromptSource = Callable[[int, int], list[Any]]  # (iteration, n) -> prompts with .text and .metadata
+
+
+@dataclass
+class Group:
+    """One prompt's G rollouts and their rewards."""
+
+    index: int                    # global group index within the iteration
+    prompt: str
+    metadata: dict[str, Any]
+    traj: Trajectory
+    scores: dict[str, torch.Tensor] | None = None
+    pending: Future | None = field(default=None, repr=False)
+
+    def wait(self) -> "Group":
+        if self.scores is None and self.pending is not None:
+            self.scores = self.pending.result()
+            self.pending = None
+            r = self.scores["reward"]
+            if r.shape != (self.traj.latents.shape[0],) or not bool(torch.isfinite(r).all()):
+                raise ValueError(f"reward for group {self.index} ({self.prompt[:60]!r}): expected "
+                                 f"{self.traj.latents.shape[0]} finite values, got {r.tolist()}")
+        return self
+
+
+def group_seeds(seed: int, iteration: int, group: int, size: int) -> list[int]:
+    """Per-sample seeds of a group: independent of how groups are spread over ranks."""
+    return [int(s) for s in np.random.SeedSequence([seed, iteration, group]).generate_state(size)]
+
+
+def cat_trajectories(parts: Sequence[Trajectory]) -> Trajectory:
+    """Concatenate trajectories that share the schedule (sigmas, noise levels, guidance, size)."""
+    if len(parts) == 1:
+        return parts[0]
+    first = parts[0]
+    neg = None
+    if first.negative is not None:
+        neg = PromptEmbeds(torch.cat([p.negative.prompt_embeds for p in parts]),
+                           torch.cat([p.negative.pooled for p in parts]))
+    return Trajectory(
+        latents=torch.cat([p.latents for p in parts]), log_probs=torch.cat([p.log_probs for p in parts]),
+        sigmas=first.sigmas, noise_levels=first.noise_levels, dynamics=first.dynamics,
+        embeds=PromptEmbeds(torch.cat([p.embeds.prompt_embeds for p in parts]),
+                            torch.cat([p.embeds.pooled for p in parts])),
+        guidance=first.guidance, height=first.height, width=first.width, negative=neg,
+        true_cfg_scale=first.true_cfg_scale)
+
+
+def select(traj: Trajectory, idx: torch.Tensor) -> Trajectory:
+    """The rows ``idx`` of a trajectory (no images)."""
+    neg = traj.negative.index(idx) if traj.negative is not None else None
+    return Trajectory(latents=traj.latents[idx], log_probs=traj.log_probs[idx], sigmas=traj.sigmas,
+                      noise_levels=traj.noise_levels, dynamics=traj.dynamics, embeds=traj.embeds.index(idx),
+                      guidance=traj.guidance, height=traj.height, width=traj.width, negative=neg,
+                      true_cfg_scale=traj.true_cfg_scale)
+
+
+def _dist() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _all_sum(t: torch.Tensor) -> torch.Tensor:
+    if _dist()[1] > 1:
+        t = t.clone()
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t
+
+
+class GRPOTrainer:
+    """GRPO on ``gen``'s transformer through a LoRA adapter; see the module docstring."""
+
+    def __init__(self, cfg: RLConfig, gen: FluxGenerator, scorer: Scorer, out_dir: str | Path | None = None,
+                 prompt_source: PromptSource | None = None, eval_prompts: Sequence[Any] | None = None,
+                 eval_scorer: Scorer | None = None) -> None:
+        self.cfg = cfg
+        self.gen = gen
+        self.scorer = scorer
+        self.out = Path(out_dir) if out_dir is not None else None
+        self.rank, self.world = _dist()
+        self.steps = cfg.trained_steps()
+        if max(self.steps) >= cfg.sample.steps:
+            raise ConfigError(f"train.train_steps {self.steps} exceed sample.steps={cfg.sample.steps}")
+        if prompt_source is None:
+            from spatialt2i.rl.prompts import train_prompts
+
+            def prompt_source(iteration: int, n: int) -> list[Any]:
+                return train_prompts(cfg.prompts, cfg.seed, iteration, n)
+        self.prompt_source = prompt_source
+        self.eval_prompts = eval_prompts
+        self.eval_scorer = eval_scorer
+        lc = cfg.lora
+        self.params = add_lora(gen.transformer, lc.rank, lc.alpha, lc.targets, lc.dropout)
+        for m in (gen.pipe.text_encoder, gen.pipe.text_encoder_2, gen.vae):
+            if m is not None:
+                m.requires_grad_(False)
+        tc = cfg.train
+        self.optimizer = torch.optim.AdamW(self.params, lr=tc.lr, betas=tuple(tc.betas),
+                                           weight_decay=tc.weight_decay)
+        self.ema = [p.detach().clone() for p in self.params] if tc.ema_decay > 0 else None
+        self.iteration = 0            # iterations completed
+        self.history: list[dict[str, Any]] = []
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="reward")
+
+    # ------------------------------------------------------------------ rollout
+    def rollout_group(self, index: int, prompt: str, metadata: dict[str, Any], iteration: int) -> Group:
+        """G samples of one prompt (batched), scoring submitted to the background thread."""
+        sc = self.cfg.sample
+        seeds = group_seeds(self.cfg.seed, iteration, index, sc.group_size)
+        bs = sc.batch_size or sc.group_size
+        parts, images = [], []
+        for i in range(0, sc.group_size, bs):
+            n = min(bs, sc.group_size - i)
+            t = self.gen.sample([prompt] * n, seeds[i:i + n], steps=sc.steps, dynamics=sc.dynamics,
+                                noise_level=sc.noise_level, guidance=sc.guidance,
+                                true_cfg_scale=sc.true_cfg_scale, negative_prompt=sc.negative_prompt,
+                                height=sc.height, width=sc.width, sde_steps=sc.sde_steps, output_type="pil")
+            images.extend(t.images)
+            t.images = None
+            parts.append(t)
+        traj = cat_trajectories(parts)
+        group = Group(index, prompt, metadata, traj)
+        group.pending = self._pool.submit(self.scorer.score, [prompt] * sc.group_size, images,
+                                          [metadata] * sc.group_size)
+        return group
+
+    def rollout(self, iteration: int) -> list[Group]:
+        """This rank's groups of ``iteration`` (group i goes to rank i % world), rewards filled."""
+        prompts = self.prompt_source(iteration, self.cfg.prompts_per_iteration)
+        groups = []
+        for gi in range(self.rank, len(prompts), self.world):
+            p = prompts[gi]
+            groups.append(self.rollout_group(gi, p.text, dict(p.metadata), iteration))
+        return [g.wait() for g in groups]
+
+    # ------------------------------------------------------------------ update
+    def advantages(self, groups: Sequence[Group]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(rewards, advantages, kept mask), each (n_groups, G)."""
+        tc = self.cfg.train
+        rewards = torch.stack([g.scores["reward"].float() for g in groups])
+        adv, mask = compute_advantages(rewards, tc.topk, tc.normalise_over, clip=tc.adv_clip)
+        return rewards, adv, mask
+
+    def update(self, groups: Sequence[Group]) -> dict[str, float]:
+        """One GRPO update on this rank's ``groups`` (rewards filled); returns logging stats."""
+        tc = self.cfg.train
+        rewards, adv, mask = self.advantages(groups) if groups else (torch.zeros(0, 1),) * 3
+        kept = [torch.nonzero(m).flatten() for m in mask]
+        if groups:
+            batch = cat_trajectories([select(g.traj, k) for g, k in zip(groups, kept)])
+            batch_adv = torch.cat([a[k] for a, k in zip(adv, kept)])
+        n_local = sum(len(k) for k in kept)
+        n_steps = len(self.steps)
+        # split the kept samples into updates_per_iteration optimizer steps; global rows per step
+        chunks = [c for c in torch.arange(n_local).tensor_split(tc.updates_per_iteration)]
+        rows_global = _all_sum(torch.tensor([len(c) * n_steps for c in chunks], dtype=torch.float64))
+        sums = {"loss": 0.0, "policy_loss": 0.0, "kl": 0.0, "clip_frac": 0.0, "approx_kl": 0.0,
+                "ratio": 0.0, "rows": 0.0}
+        self.gen.transformer.train()
+        for ci, chunk in enumerate(chunks):
+            denom = float(rows_global[ci])
+            if denom == 0:
+                continue
+            mb = tc.micro_batch or max(len(chunk), 1)
+            for start in range(0, len(chunk), mb):
+                idx = chunk[start:start + mb]
+                rows = len(idx) * n_steps
+                lp, mean, std = self.gen.replay(batch, self.steps, index=idx)
+                old = batch.log_probs[idx][:, self.steps]
+                a = batch_adv[idx, None].expand_as(lp)
+                policy, st = grpo_clipped_loss(lp, old, a, tc.clip_range)
+                loss = policy
+                kl = torch.zeros(())
+                if tc.kl_coef > 0:
+                    with torch.no_grad(), adapter_disabled(self.gen.transformer):
+                        _, ref_mean, _ = self.gen.replay(batch, self.steps, index=idx)
+                    kl = gaussian_kl_same_std(mean, ref_mean, std).mean()
+                    loss = loss + tc.kl_coef * kl
+                (loss * (rows / denom)).backward()
+                for key, val in (("loss", loss), ("policy_loss", policy), ("kl", kl), *st.items()):
+                    sums[key] += float(val.detach()) * rows
+                sums["rows"] += rows
+            self._optimizer_step()
+        self.gen.transformer.eval()
+        stats = self._stats(rewards, mask, sums)
+        return stats
+
+    def _optimizer_step(self) -> None:
+        if self.world > 1:
+            grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
+            flat = torch.cat([g.flatten() for g in grads])
+            dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+            off = 0
+            for p in self.params:
+                n = p.numel()
+                p.grad = flat[off:off + n].view_as(p).clone()
+                off += n
+        if self.cfg.train.max_grad_norm > 0:
+            torch.nn.utils.clip_grad_norm_(self.params, self.cfg.train.max_grad_norm)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.ema is not None:
+            d = self.cfg.train.ema_decay
+            with torch.no_grad():
+                for e, p in zip(self.ema, self.params):
+                    e.mul_(d).add_(p.detach(), alpha=1 - d)
+
+    def _stats(self, rewards: torch.Tensor, mask: torch.Tensor, sums: dict[str, float]) -> dict[str, float]:
+        tot = _all_sum(torch.tensor(list(sums.values()), dtype=torch.float64)).tolist()
+        sums = dict(zip(sums, tot))
+        rows = max(sums.pop("rows"), 1.0)
+        out = {k: v / rows for k, v in sums.items()}
+        r = rewards.double()
+        m = mask.double()
+        flat = torch.tensor([r.sum(), (r * r).sum(), r.numel(), (r * m).sum(), (r * r * m).sum(), m.sum(),
+                             float(zero_std_groups(rewards).sum()) if rewards.numel() else 0.0,
+                             float(r.shape[0])], dtype=torch.float64)
+        s, s2, n, ks, ks2, kn, zero, ng = _all_sum(flat).tolist()
+        out["reward_mean"] = s / max(n, 1)
+        out["reward_std"] = math.sqrt(max(s2 / max(n, 1) - out["reward_mean"] ** 2, 0.0))
+        out["kept_reward_mean"] = ks / max(kn, 1)
+        out["kept_reward_std"] = math.sqrt(max(ks2 / max(kn, 1) - out["kept_reward_mean"] ** 2, 0.0))
+        out["kept_samples"] = kn
+        out["zero_std_groups"] = zero
+        out["groups"] = ng
+        return out
+
+    # ------------------------------------------------------------------ EMA, eval
+    def _swap_ema(self) -> None:
+        if self.ema is None:
+            return
+        with torch.no_grad():
+            for e, p in zip(self.ema, self.params):
+                tmp = p.detach().clone()
+                p.copy_(e)
+                e.copy_(tmp)
+
+    def evaluate(self) -> dict[str, Any] | None:
+        """In-domain eval on the held-out prompts (rank 0 only; EMA weights if EMA is on)."""
+        if self.eval_prompts is None or self.rank != 0:
+            return None
+        from spatialt2i.bench.indomain import evaluate
+
+        self._swap_ema()
+        try:
+            res = evaluate(self.gen, self.eval_prompts, steps=self.cfg.eval_steps, seed=self.cfg.seed,
+                           batch=self.cfg.eval_batch, scorer=self.eval_scorer)
+        finally:
+            self._swap_ema()
+        return res
+
+    # ------------------------------------------------------------------ checkpoints
+    def checkpoint_dirs(self) -> list[Path]:
+        if self.out is None:
+            return []
+        root = self.out / "checkpoints"
+        return sorted(p for p in root.glob("iter-*") if (p / "state.pt").is_file()) if root.is_dir() else []
+
+    def save_checkpoint(self) -> Path | None:
+        """Atomically write ``checkpoints/iter-N`` (LoRA in diffusers format + trainer state)."""
+        if self.out is None or self.rank != 0:
+            return None
+        root = self.out / "checkpoints"
+        final = root / f"iter-{self.iteration:06d}"
+        tmp = root / f".tmp-iter-{self.iteration:06d}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        save_lora(self.gen.transformer, tmp / "lora")
+        torch.save({"iteration": self.iteration, "optimizer": self.optimizer.state_dict(),
+                    "ema": self.ema, "history": self.history, "config": asdict(self.cfg)},
+                   tmp / "state.pt")
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        for old in self.checkpoint_dirs()[:-max(self.cfg.keep_checkpoints, 1)]:
+            shutil.rmtree(old, ignore_errors=True)
+        return final
+
+    def load_checkpoint(self, path: str | Path | None = None) -> bool:
+        """Restore the latest (or the given) checkpoint; False when there is none."""
+        if path is None:
+            dirs = self.checkpoint_dirs()
+            if not dirs:
+                return False
+            path = dirs[-1]
+        path = Path(path)
+        state = torch.load(path / "state.pt", map_location="cpu", weights_only=False)
+        saved = state.get("config", {})
+        for key in ("sample", "train", "lora", "seed", "prompts_per_iteration"):
+            if key in saved and saved[key] != asdict(self.cfg)[key]:
+                raise ConfigError(f"resume from {path}: config key {key!r} differs from the checkpoint's "
+                                  f"({saved[key]} vs {asdict(self.cfg)[key]})")
+        load_lora_into(self.gen.transformer, path / "lora")
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.ema is not None and state.get("ema") is not None:
+            for e, v in zip(self.ema, state["ema"]):
+                e.copy_(v)
+        self.iteration = int(state["iteration"])
+        self.history = list(state.get("history", []))
+        return True
+
+    def save_final(self) -> None:
+        if self.out is None or self.rank != 0:
+            return
+        save_lora(self.gen.transformer, self.out / "lora")
+        if self.ema is not None:
+            names = list(lora_state_dict(self.gen.transformer))
+            save_lora(self.gen.transformer, self.out / "lora-ema",
+                      {n: e.detach().cpu() for n, e in zip(names, self.ema)})
+
+    # ------------------------------------------------------------------ the loop
+    def train(self, max_minutes: float | None = None, resume: bool = False, progress: bool = True,
+              max_iterations: int | None = None) -> list[dict[str, Any]]:
+        """Run until ``cfg.iterations`` (or ``max_iterations`` more, or ``max_minutes``) are done."""
+        if resume and self.load_checkpoint():
+            log.info("resumed at iteration %d", self.iteration)
+        writer = None
+        if self.out is not None and self.rank == 0:
+            self.out.mkdir(parents=True, exist_ok=True)
+            (self.out / "config.json").write_text(json.dumps(asdict(self.cfg), indent=2) + "\n")
+            from torch.utils.tensorboard import SummaryWriter
+
+            writer = SummaryWriter(str(self.out / "tb"), purge_step=self.iteration)
+        stop_at = self.cfg.iterations if max_iterations is None else min(self.cfg.iterations,
+                                                                         self.iteration + max_iterations)
+        t0 = time.monotonic()
+        bar = None
+        if progress and self.rank == 0:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=stop_at, initial=self.iteration, desc="grpo", dynamic_ncols=True)
+        try:
+            if self.iteration == 0 and self.cfg.eval_every:
+                self._log_eval(self.evaluate(), writer)
+            while self.iteration < stop_at:
+                it = self.iteration
+                t_it = time.monotonic()
+                groups = self.rollout(it)
+                t_roll = time.monotonic() - t_it
+                stats = self.update(groups)
+                stats.update(iteration=it + 1, rollout_s=t_roll, iteration_s=time.monotonic() - t_it)
+                self.iteration += 1
+                if self.cfg.eval_every and self.iteration % self.cfg.eval_every == 0:
+                    ev = self.evaluate()
+                    if ev is not None:
+                        stats.update({f"eval/{k}": v for k, v in ev.items() if isinstance(v, float)})
+                        self._log_eval(ev, None)
+                self.history.append(stats)
+                if writer is not None:
+                    for k, v in stats.items():
+                        if isinstance(v, (int, float)) and k != "iteration":
+                            writer.add_scalar(k if "/" in k else f"train/{k}", v, self.iteration)
+                    with open(self.out / "metrics.jsonl", "a") as f:
+                        f.write(json.dumps(stats) + "\n")
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(reward=f"{stats['reward_mean']:.3f}", clip=f"{stats['clip_frac']:.2f}",
+                                    kl=f"{stats['approx_kl']:.1e}")
+                timed_out = max_minutes is not None and time.monotonic() - t0 > 60 * max_minutes
+                if (self.iteration % max(self.cfg.checkpoint_every, 1) == 0 or timed_out
+                        or self.iteration == stop_at):
+                    self.save_checkpoint()
+                if timed_out:
+                    log.info("time limit of %.1f min reached at iteration %d", max_minutes, self.iteration)
+                    break
+            if not self.history or "eval/all_correct" not in self.history[-1]:
+                self._log_eval(self.evaluate(), writer)
+        finally:
+            if bar is not None:
+                bar.close()
+            if writer is not None:
+                writer.close()
+        self.save_final()
+        return self.history
+
+    def _log_eval(self, ev: dict[str, Any] | None, writer: Any) -> None:
+        """Write an eval result (iteration ``self.iteration``) to TensorBoard and eval.jsonl."""
+        if ev is None:
+            return
+        ev = {"iteration": self.iteration, **ev}
+        if writer is not None:
+            for k, v in ev.items():
+                if isinstance(v, float):
+                    writer.add_scalar(f"eval/{k}", v, self.iteration)
+        if self.out is not None and self.rank == 0:
+            with open(self.out / "eval.jsonl", "a") as f:
+                f.write(json.dumps(ev) + "\n")
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
