@@ -130,11 +130,16 @@ def geneval_position(root: Path) -> Suite:
     return Suite("geneval-position", "geneval", "boxes", items, ("position",), str(path))
 
 
+def compbench_question(prompt: str) -> str:
+    """T2I-CompBench's prompt as one yes/no question (its MLLM protocol asks whether the image matches)."""
+    return f'Does the image show "{prompt.rstrip(".")}", with the objects placed as described?'
+
+
 def compbench(root: Path, which: str) -> Suite:
     fname, dim = {"spatial": ("spatial_val.txt", "spatial"), "3d-spatial": ("3d_spatial_val.txt", "3d-spatial")}[which]
     path = _file(root, f"t2i-compbench/{fname}")
     lines = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines()]
-    items = [BenchItem(f"{i:03d}", p, (Question("q0", p, dim),)) for i, p in enumerate(lines) if p]
+    items = [BenchItem(f"{i:03d}", p, (Question("q0", compbench_question(p), dim),)) for i, p in enumerate(lines) if p]
     return Suite(f"t2i-compbench-{which}", "yesno", "prompt", items, (dim,), str(path))
 
 
