@@ -28,15 +28,21 @@ class LoraLoadError(SpatialT2IError, ValueError):
 
 
 def add_lora(transformer: torch.nn.Module, rank: int, alpha: float, targets: list[str],
-             dropout: float = 0.0) -> list[torch.nn.Parameter]:
-    """Freeze ``transformer`` and add a LoRA adapter; returns the trainable LoRA parameters."""
+             dropout: float = 0.0, seed: int = 0) -> list[torch.nn.Parameter]:
+    """Freeze ``transformer`` and add a LoRA adapter; returns the trainable LoRA parameters.
+
+    The random init of ``lora_A`` comes from ``seed`` (not the global RNG), so every rank of a
+    multi-process run, and every run with the same seed, starts from the same adapter.
+    """
     from peft import LoraConfig
 
     transformer.requires_grad_(False)
     cfg = LoraConfig(r=rank, lora_alpha=alpha, target_modules=list(targets), lora_dropout=dropout,
                      init_lora_weights=True)
     try:
-        transformer.add_adapter(cfg, adapter_name=ADAPTER)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            transformer.add_adapter(cfg, adapter_name=ADAPTER)
     except ValueError as e:
         raise LoraLoadError(f"lora.targets {targets}: {e}") from e
     params = [p for n, p in transformer.named_parameters() if "lora_" in n]

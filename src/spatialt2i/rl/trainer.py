@@ -139,7 +139,7 @@ class GRPOTrainer:
         self.eval_prompts = eval_prompts
         self.eval_scorer = eval_scorer
         lc = cfg.lora
-        self.params = add_lora(gen.transformer, lc.rank, lc.alpha, lc.targets, lc.dropout)
+        self.params = add_lora(gen.transformer, lc.rank, lc.alpha, lc.targets, lc.dropout, seed=cfg.seed)
         for m in (gen.pipe.text_encoder, gen.pipe.text_encoder_2, gen.vae):
             if m is not None:
                 m.requires_grad_(False)
