@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import Any
 
 import pytest
 import torch
@@ -99,6 +98,8 @@ def test_local_qwen_judge_answers_by_yes_no_logits(tiny_qwen: Path) -> None:
     with torch.no_grad():
         logits = judge.model(**enc).logits[0, -1]
     assert ans[0] == bool(logits[judge.yes_id] > logits[judge.no_id])
+    judge.max_new_tokens = 4  # free text (GenEval boxes through VLMDetector) comes from greedy generate
+    assert isinstance(judge.complete(img, "describe the image"), str)
 
 
 class FakeState:

@@ -45,7 +45,8 @@ def register(groups: dict[str, Any]) -> None:
     p.add_argument("--generator", required=True, help="Flux pipeline folder or hub id")
     p.add_argument("--lora", default=None, help="generator LoRA folder (diffusers format)")
     p.add_argument("--judge", required=True, help="'openai' (any OpenAI-compatible endpoint) or 'qwen:PATH'")
-    p.add_argument("--judge-url", default=None, help="endpoint base URL (default: $SPATIALT2I_LLM_BASE_URL / $OPENAI_BASE_URL)")
+    p.add_argument("--judge-url", default=None,
+                   help="endpoint base URL (default: $SPATIALT2I_LLM_BASE_URL / $OPENAI_BASE_URL)")
     p.add_argument("--judge-model", default=None, help="endpoint model name (default: $SPATIALT2I_LLM_MODEL)")
     p.add_argument("--judge-api-key", default=None, help="API key (default: $SPATIALT2I_LLM_API_KEY / $OPENAI_API_KEY)")
     p.add_argument("--judge-device", default=None, help="device of a local qwen judge (e.g. cuda)")

@@ -249,7 +249,8 @@ def image_part(img: Image.Image) -> dict[str, Any]:
 
     buf = io.BytesIO()
     img.convert("RGB").save(buf, format="PNG")
-    return {"type": "image_url", "image_url": {"url": "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()}}
+    url = "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+    return {"type": "image_url", "image_url": {"url": url}}
 
 
 class ChatJudge:

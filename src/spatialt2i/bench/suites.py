@@ -6,16 +6,17 @@ Prompt files are read from ``shared/benchmarks/`` next to the repository when pr
 README). TIIF-Bench has no license and is read only from a path the user gives; DPG-Bench's
 question file ``dpg_bench.csv`` is not shipped either and is read from a user-given path.
 
-=========================  =========================================================  ==============
-suite                      items / questions                                          table columns
-=========================  =========================================================  ==============
-geneval-position           GenEval tag "position" (100): boxes + box-centre rule      position
-t2i-compbench-spatial      spatial_val.txt (300): one yes/no question per prompt      spatial
-t2i-compbench-3d-spatial   3d_spatial_val.txt (300): one yes/no question per prompt   3d-spatial
-dpg-bench                  prompts.jsonl x dpg_bench.csv questions (with dependencies) overall, relation, relation - spatial
-unigenbench-short/-long    rows with a layout testpoint: one question per testpoint   layout 2D, layout 3D
-tiif-short / tiif-long     <type>_prompts.jsonl x <type>_eval_prompts.jsonl (yes/no)  basic relation, attribute+relation, relation+reasoning
-=========================  =========================================================  ==============
+Suites (``SUITES``), their items and table columns:
+
+- ``geneval-position``: GenEval's 100 "position" prompts; boxes + the box-centre rule -> position.
+- ``t2i-compbench-spatial`` / ``-3d-spatial``: 300 val prompts each; one yes/no question a prompt
+  -> spatial / 3d-spatial.
+- ``dpg-bench``: 1,065 prompts x the questions of ``dpg_bench.csv`` (with dependencies)
+  -> overall, relation, relation - spatial.
+- ``unigenbench-short`` / ``-long``: rows with a layout testpoint; one question per layout
+  testpoint -> layout 2D, layout 3D.
+- ``tiif-short`` / ``tiif-long``: ``<type>_prompts.jsonl`` x ``<type>_eval_prompts.jsonl`` yes/no
+  checklists -> basic relation, attribute+relation, relation+reasoning (+ other types).
 """
 
 from __future__ import annotations
@@ -237,7 +238,8 @@ def find_tiif_dirs(path: Path) -> tuple[Path, Path]:
             if p.is_dir() and e.is_dir() and any(e.glob("*_eval_prompts.jsonl")):
                 return p, e
     raise ConfigError(f"--tiif-path {path}: no TIIF-Bench data found (need <split>_prompts/ and "
-                      f"<split>_eval_prompts/ with *_eval_prompts.jsonl, split test or testmini, in it or in its data/)")
+                      f"<split>_eval_prompts/ with *_eval_prompts.jsonl, split test or testmini, in it or "
+                      f"in its data/)")
 
 
 def tiif(tiif_path: str | os.PathLike | None, length: str) -> Suite:
@@ -258,7 +260,8 @@ def tiif(tiif_path: str | os.PathLike | None, length: str) -> Suite:
             continue
         prompts, evals = _jsonl(pfile), _jsonl(efile)
         if len(prompts) != len(evals):
-            raise DatasetError(f"{pfile} has {len(prompts)} lines but {efile} has {len(evals)} (they must be line-aligned)")
+            raise DatasetError(f"{pfile} has {len(prompts)} lines but {efile} has {len(evals)} "
+                               f"(they must be line-aligned)")
         for i, (p, e) in enumerate(zip(prompts, evals)):
             qs, ans = e.get("yn_question_list"), e.get("yn_answer_list")
             if not (isinstance(qs, list) and isinstance(ans, list) and len(qs) == len(ans) and qs and p.get(key)):
