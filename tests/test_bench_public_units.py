@@ -188,3 +188,27 @@ def test_cli_errors_name_the_input(tmp_path: Path) -> None:
                                  "--judge", "gpt", "--out", str(tmp_path)])
     with pytest.raises(ConfigError, match="--judge 'gpt'"):
         args.func(args)
+
+
+def test_generator_path_with_lora_and_bad_lora(tmp_path: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
+    from diffusers import FluxPipeline
+
+    from spatialt2i.bench.public import load_generator
+    from spatialt2i.gen.tiny import build_tiny_flux_pipeline
+    from spatialt2i.rl.lora import LoraLoadError, add_lora, save_lora
+
+    gdir = tmp_path_factory.mktemp("flux")
+    build_tiny_flux_pipeline(gdir, seed=0)
+    pipe = FluxPipeline.from_pretrained(str(gdir))
+    add_lora(pipe.transformer, rank=2, alpha=2.0, targets=["to_q", "to_v"])
+    for n, p in pipe.transformer.named_parameters():
+        if "lora_B" in n:
+            torch.nn.init.normal_(p, std=0.5)
+    save_lora(pipe.transformer, tmp_path / "lora")
+    base = load_generator(gdir, None, 64)
+    tuned = load_generator(gdir, tmp_path / "lora", 64)
+    a = base.sample(["a red circle"], [0], 2, output_type="pt").images
+    b = tuned.sample(["a red circle"], [0], 2, output_type="pt").images
+    assert not torch.allclose(a, b)
+    with pytest.raises(LoraLoadError, match="nowhere"):
+        load_generator(gdir, tmp_path / "nowhere", 64)
