@@ -33,6 +33,7 @@ COMMAND_MODULES = (
     "spatialt2i.gen.cli",
     "spatialt2i.rl.cli",
     "spatialt2i.bench.cli",
+    "spatialt2i.bench.cli_public",
     "spatialt2i.demo",
 )
 
