@@ -6,48 +6,24 @@ they are missing and ``CI`` is unset; in CI a missing browser fails the test.
 """
 
 import os
-import shutil
-import tempfile
 
 import httpx
 import pytest
 
+from spatialt2i.testing import browser
 from spatialt2i.testing.pairs import ReviewServer, make_pair_dataset
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
-
-
 def _need_browser():
-    missing = [p for p in (CHROMIUM, CHROMEDRIVER) if not os.path.exists(p)]
-    try:
-        import selenium  # noqa: F401
-    except ImportError:
-        missing.append("selenium (pip)")
-    if missing and not os.environ.get("CI"):
-        pytest.skip(f"browser test needs {', '.join(missing)}")
+    gone = browser.missing()
+    if gone and not os.environ.get("CI"):
+        pytest.skip(f"browser test needs {', '.join(gone)}")
 
 
 @pytest.fixture()
 def driver():
     _need_browser()
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    profile = tempfile.mkdtemp(prefix="review-chromium-")
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = CHROMIUM
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--disable-dev-shm-usage", "--window-size=1200,1000", f"--user-data-dir={profile}"):
-        opts.add_argument(flag)
-    d = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
-    d.set_page_load_timeout(30)
-    try:
+    with browser.chromium() as d:
         yield d
-    finally:
-        d.quit()
-        shutil.rmtree(profile, ignore_errors=True)
 
 
 def test_keyboard_review_survives_server_restart(tmp_path, driver):
