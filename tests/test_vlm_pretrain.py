@@ -15,6 +15,8 @@ from spatialt2i.reward import posfeat  # noqa: E402
 from spatialt2i.reward.pretrain import (  # noqa: E402
     PretrainConfig, Probes, WorldSampler, answer_ids, collate, forward_losses, load_backbone, save_backbone)
 
+from spatialt2i.world.vocab import COLOURS  # noqa: E402
+
 ASSETS = Path(__file__).resolve().parents[1] / "src" / "spatialt2i" / "assets"
 
 
@@ -39,7 +41,7 @@ def test_sampler_labels_and_positions(tiny):
     samples = [sm.sample(easy, vqa, cfg) for easy in (True, False) for vqa in (True, False) for _ in range(4)]
     b = collate(samples, tok, ip, answer_ids(tok))
     ids = b.inputs["input_ids"]
-    shapes = {"circle", "square", "triangle", "star", "diamond", "cross"}
+    shapes = {"circle", "square", "triangle", "star", "diamond", "cross", *COLOURS}
     # every gather target sits on a shape word; every answer target is yes/no
     for r, p, *_ in b.mention.tolist():
         assert tok.decode([int(ids[r, p])]).strip() in shapes

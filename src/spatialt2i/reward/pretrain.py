@@ -82,12 +82,15 @@ class PretrainConfig:
     min_lr_frac: float = 0.1
     warmup: int = 100
     weight_decay: float = 0.05
-    p_vqa: float = 0.4               # share of VQA sequences (the rest: statements)
+    p_list_start: float = 0.6        # share of object-list batches at the start (decays over the curriculum)
+    p_list_end: float = 0.1          # ... and after it
+    p_vqa: float = 0.4               # share of VQA batches among the rest (the others: statements)
     max_questions: int = 4
     max_clauses: int = 8
     p_false: float = 0.4             # chance that a clause is made false
     p_name_swap: float = 0.15        # chance that a sequence's text swaps two objects' colours
     p_instruction: float = 0.15      # statements preceded by the reward instruction
+    colour_marks: bool = True        # gather targets on the colour word too, not only the shape word
     p_caption_lm: float = 1.0        # chance that a statements sequence with every clause true gets an LM loss
     curriculum: float = 0.25         # share of the run with mostly easy samples (decays to 0)
     pool: int = 1500                 # layouts kept; each is re-used under flips/transposes/new names
@@ -160,8 +163,9 @@ def _transform(rng: np.random.Generator, objs: Sequence[Obj]) -> list[Obj]:
 class WorldSampler:
     """Training/eval samples from a pool of solved layouts, varied by flips, transposes and new names."""
 
-    def __init__(self, tokenizer: Any, seed: int, pool: int = 1500, refresh: int = 2) -> None:
+    def __init__(self, tokenizer: Any, seed: int, pool: int = 1500, refresh: int = 2, colour_marks: bool = True) -> None:
         self.rng = np.random.default_rng(seed)
+        self.colour_marks = colour_marks
         self.tok = tokenizer
         self.pool_size, self.refresh = pool, refresh
         self.pool: list[tuple[Obj, ...]] = []
@@ -186,11 +190,11 @@ class WorldSampler:
             else:
                 self.pool[int(self.rng.integers(len(self.pool)))] = lay
 
-    def scene(self, easy: bool) -> Scene:
+    def scene(self, easy: bool, min_k: int = 2) -> Scene:
         rng = self.rng
         objs = list(self.pool[int(rng.integers(len(self.pool)))])
         if easy:
-            k = 2 if rng.random() < 0.6 else 3
+            k = int(rng.integers(min_k, 4))
             keep = sorted(rng.choice(len(objs), size=min(k, len(objs)), replace=False))
             objs = [objs[i] for i in keep]
         elif rng.random() < 0.25 and len(objs) > 2:
@@ -288,7 +292,9 @@ class WorldSampler:
         for j in rel.objects:
             o = text.objects[j]
             pos = s.find(f"{o.colour} {o.shape}")
-            marks.append((pos + len(o.colour) + 1 + len(o.shape) - 1, j))
+            marks.append((pos + len(o.colour) + 1 + len(o.shape) - 1, j))   # the shape word
+            if self.colour_marks:
+                marks.append((pos + len(o.colour) - 1, j))                  # the colour word (an easier first hop)
         return s, marks
 
     def _text_scene(self, image: Scene, p_swap: float) -> Scene:
@@ -315,6 +321,41 @@ class WorldSampler:
                 return (1, min(NCELL - 1, int(im.x * NCELL)), min(NCELL - 1, int(im.y * NCELL)),
                         SIZE_NAMES.index(im.size))
         return (0, -1, -1, -1)
+
+    def object_list(self, easy: bool, cfg: PretrainConfig) -> Sample:
+        """The image, then its objects named in random order (some absent ones among them).
+
+        The densest gather signal: a target at almost every word, and nothing to compare yet.
+        With a single object the gather needs no content match at all (the first rung of the curriculum).
+        """
+        rng = self.rng
+        image = self.scene(easy, min_k=1)
+        present = {(o.colour, o.shape) for o in image.objects}
+        objs = list(image.objects)
+        n_absent = int(rng.choice(3, p=[0.5, 0.3, 0.2]))
+        names = [(c, sh) for c in COLOURS for sh in SHAPES if (c, sh) not in present]
+        extra = [names[int(i)] for i in rng.choice(len(names), n_absent, replace=False)]
+        items = [(o.colour, o.shape, o.size) for o in objs] + [(c, sh, SIZE_NAMES[int(rng.integers(3))]) for c, sh in extra]
+        order = rng.permutation(len(items))
+        text_scene = Scene(tuple(Obj(sh, c, sz, 0.5, 0.5) for c, sh, sz in (items[i] for i in order)))
+        s = "<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>"
+        start = len(s)
+        mentions = []
+        for q in range(len(text_scene.objects)):
+            o = text_scene.objects[q]
+            if q:
+                s += ", " if rng.random() < 0.7 else " and "
+            art = "the " if rng.random() < 0.5 else f"a {o.size + ' ' if rng.random() < 0.5 else ''}"
+            base = len(s) + len(art)
+            s += f"{art}{o.colour} {o.shape}"
+            targets = self._mention_target(image, text_scene, q)
+            mentions.append((base + len(o.colour) + len(o.shape), *targets))
+            if self.colour_marks:
+                mentions.append((base + len(o.colour) - 1, *targets))
+        s += "."
+        lm = (start, len(s)) if n_absent == 0 else None
+        s += "<|im_end|>\n<|im_start|>assistant\n"
+        return Sample(render(image, 64), s, [], mentions, [], lm, "list")
 
     def sample(self, easy: bool, vqa: bool, cfg: PretrainConfig, n_questions: int | None = None) -> Sample:
         rng = self.rng
@@ -537,7 +578,7 @@ def forward_losses(model: nn.Module, probes: Probes, b: Batch, cfg: PretrainConf
 
 def make_eval_sets(tok: Any, cfg: PretrainConfig, n_questions: int, seed: int = 12345) -> dict[str, list[Sample]]:
     """Held-out samples (their own seed and layouts): single-question VQA (full and easy) and statements."""
-    sm = WorldSampler(tok, seed, pool=max(200, n_questions // 2), refresh=0)
+    sm = WorldSampler(tok, seed, pool=max(200, n_questions // 2), refresh=0, colour_marks=False)
     sm.fill()
     sets: dict[str, list[Sample]] = {"vqa": [], "vqa_easy": [], "statements": []}
     for name, easy, vqa, n in (("vqa", False, True, n_questions), ("vqa_easy", True, True, n_questions // 2),
@@ -659,7 +700,7 @@ def pretrain(out_dir: str | os.PathLike, cfg: PretrainConfig, resume: bool = Fal
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
                              {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.98))
     yes_no = answer_ids(tok)
-    sampler = WorldSampler(tok, cfg.seed, cfg.pool, cfg.pool_refresh)
+    sampler = WorldSampler(tok, cfg.seed, cfg.pool, cfg.pool_refresh, cfg.colour_marks)
     step, train_s, history, best = 0, 0.0, [], -1.0
     if resume:
         st = torch.load(state_file, weights_only=False)
@@ -704,8 +745,13 @@ def pretrain(out_dir: str | os.PathLike, cfg: PretrainConfig, resume: bool = Fal
         ts = time.time()
         progress = train_s / total
         p_easy = max(0.0, 1.0 - progress / cfg.curriculum) * 0.9 if cfg.curriculum > 0 else 0.0
-        vqa_batch = sampler.rng.random() < cfg.p_vqa   # one kind per batch: less padding
-        samples = [sampler.sample(sampler.rng.random() < p_easy, vqa_batch, cfg) for _ in range(cfg.batch)]
+        # one kind per batch (less padding): object lists (early), VQA or statements
+        p_list = cfg.p_list_end + (cfg.p_list_start - cfg.p_list_end) * max(0.0, 1 - progress / cfg.curriculum)
+        if sampler.rng.random() < p_list:
+            samples = [sampler.object_list(sampler.rng.random() < p_easy, cfg) for _ in range(cfg.batch)]
+        else:
+            vqa_batch = sampler.rng.random() < cfg.p_vqa
+            samples = [sampler.sample(sampler.rng.random() < p_easy, vqa_batch, cfg) for _ in range(cfg.batch)]
         sampler.step()
         b = collate(samples, tok, ip, yes_no)
         for g in opt.param_groups:
