@@ -200,8 +200,12 @@ class GRPOTrainer:
             batch_adv = torch.cat([a[k] for a, k in zip(adv, kept)])
         n_local = sum(len(k) for k in kept)
         n_steps = len(self.steps)
-        # split the kept samples into updates_per_iteration optimizer steps; global rows per step
-        chunks = [c for c in torch.arange(n_local).tensor_split(tc.updates_per_iteration)]
+        # optimizer step u trains on the u-th slice of every group's kept samples, so the split does
+        # not depend on how groups are spread over ranks; global rows per step for the loss scale
+        offsets = np.cumsum([0] + [len(k) for k in kept])
+        chunks = [torch.cat([torch.arange(offsets[i], offsets[i + 1]).tensor_split(tc.updates_per_iteration)[u]
+                             for i in range(len(kept))]) if kept else torch.zeros(0, dtype=torch.long)
+                  for u in range(tc.updates_per_iteration)]
         rows_global = _all_sum(torch.tensor([len(c) * n_steps for c in chunks], dtype=torch.float64))
         sums = {"loss": 0.0, "policy_loss": 0.0, "kl": 0.0, "clip_frac": 0.0, "approx_kl": 0.0,
                 "ratio": 0.0, "rows": 0.0}
