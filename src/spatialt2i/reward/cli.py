@@ -16,7 +16,7 @@ def _train(args: argparse.Namespace) -> int:
     overrides = {"base_model": args.base_model, "max_steps": args.max_steps, "batch_size": args.batch_size,
                  "micro_batch_size": args.micro_batch_size, "lr": args.lr, "max_minutes": args.max_minutes,
                  "seed": args.seed}
-    cfg = load_train_config(args.config, overrides)
+    cfg = load_train_config(args.config, {k: v for k, v in overrides.items() if v is not None})
     res = train_reward(cfg, args.data, args.out, resume=args.resume, progress=not args.quiet)
     from accelerate import PartialState
 

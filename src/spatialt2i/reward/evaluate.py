@@ -185,11 +185,11 @@ def format_table(report: dict[str, Any]) -> str:
 
     width = max(14, max(len(n) for n in systems) + 2)
     lines = [f"{report['data']} [{report['split']}]: {report['pairs']} pairs, {len(report['skipped'])} skipped",
-             "system".ljust(width) + "".join(c.rjust(12) for c in cols) + "   extra"]
-    lines.append(" " * width + "".join(f"n={cell(first, c)['n']}".rjust(12) for c in cols))
+             "system".ljust(width) + "".join(c.rjust(15) for c in cols) + "   extra"]
+    lines.append(" " * width + "".join(f"n={cell(first, c)['n']}".rjust(15) for c in cols))
     for name, t in systems.items():
-        row = name.ljust(width) + "".join(f"{100 * cell(t, c)['acc']:.1f}%".rjust(12) if cell(t, c)["n"] else
-                                          "-".rjust(12) for c in cols)
+        row = name.ljust(width) + "".join(f"{100 * cell(t, c)['acc']:.1f}%".rjust(15) if cell(t, c)["n"] else
+                                          "-".rjust(15) for c in cols)
         extra = f"   mu_gap={t['mu_gap']:.3f}" if "mu_gap" in t else f"   failures={t.get('failures', 0)}"
         lines.append(row + extra)
     for s in report["skipped"][:20]:

@@ -97,5 +97,5 @@ def load_train_config(name_or_path: str, overrides: dict[str, Any] | None = None
     """A preset (``world``, ``qwen7b``, ``reward-world`` ...) or YAML file, with ``overrides`` on top."""
     key = PRESET_ALIASES.get(name_or_path, name_or_path)
     data = load_yaml(key)
-    data.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    data.update(overrides or {})
     return from_dict(RewardTrainConfig, data, str(name_or_path))

@@ -161,8 +161,14 @@ class RewardTrainer:
     # ---- setup ------------------------------------------------------------------------------------
     def _accelerator(self) -> Any:
         from accelerate import Accelerator, PartialState
+        from accelerate.state import AcceleratorState, GradientState
         from accelerate.utils import GradientAccumulationPlugin
 
+        if not torch.distributed.is_initialized():
+            # accelerate keeps process-wide singletons; a second run in one process (tests, notebooks)
+            # must not inherit the first one's gradient accumulation settings.
+            AcceleratorState._reset_state(reset_partial_state=True)
+            GradientState._reset_state()
         state = PartialState(cpu=use_cpu())
         accum = self.cfg.grad_accum(state.num_processes)
         plugin = GradientAccumulationPlugin(num_steps=accum, sync_with_dataloader=False, adjust_scheduler=False)
