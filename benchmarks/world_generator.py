@@ -1,0 +1,53 @@
+"""Oracle figures of the shipped world base generator on 200 held-out prompts, and the time.
+
+Held-out prompts: 2-4 objects, 1-3 relations (equal shares), from ``gen.evaluate.heldout_scenes``;
+one sample per prompt (ODE, 8 steps unless --steps), judged by the world oracle.
+
+    python benchmarks/world_generator.py [--generator DIR] [--n 200] [--steps 8] [--threads 1] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--generator", default=None, help="Flux pipeline folder (default: the shipped one)")
+    ap.add_argument("--n", type=int, default=200)
+    ap.add_argument("--steps", type=int, default=8)
+    ap.add_argument("--max-sequence-length", type=int, default=128)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+
+    import torch
+
+    from spatialt2i.gen.evaluate import evaluate_generator, format_report
+    from spatialt2i.gen.flux import FluxGenerator
+    from spatialt2i.gen.pretrain import world_generator_path
+
+    torch.set_num_threads(args.threads)
+    path = args.generator or str(world_generator_path())
+    t0 = time.perf_counter()
+    gen = FluxGenerator.from_pretrained(path, height=64, width=64, max_sequence_length=args.max_sequence_length)
+    load_s = time.perf_counter() - t0
+    res = evaluate_generator(gen, n=args.n, steps=args.steps)
+    res.update(generator=str(path), load_seconds=load_s, threads=args.threads,
+               seconds_per_image=res["seconds"] / res["n"])
+    if args.json:
+        print(json.dumps(res, indent=2))
+    else:
+        print(f"generator: {path}")
+        print(format_report(res))
+        print(f"load {load_s:.1f} s; {res['seconds_per_image'] * 1000:.0f} ms per image "
+              f"({args.threads} thread(s), sampling + oracle)")
+
+
+if __name__ == "__main__":
+    main()
