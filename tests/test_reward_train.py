@@ -214,3 +214,29 @@ def test_kill_and_resume_gives_the_same_final_model(tiny: Path, dataset: Path, t
     for k in a:
         assert torch.equal(a[k], b[k]), k
     assert any(float(v.abs().max()) > 0 for k, v in a.items() if "lora_B" in k)  # training moved the adapter
+
+
+def test_backbone_position_features_are_carried_into_training_and_loading(tiny: Path, dataset: Path,
+                                                                          tmp_path: Path) -> None:
+    """A backbone folder with posfeat files (the pretrained world backbone) keeps them through train/eval/serve."""
+    import shutil
+
+    from spatialt2i.reward import posfeat
+    from spatialt2i.reward.backbone import load_vlm
+    from spatialt2i.reward.model import SpatialScore
+    from spatialt2i.reward.trainer import load_scorer, train_reward
+
+    base = Path(shutil.copytree(tiny, tmp_path / "with-posfeat"))
+    vlm = load_vlm(str(base))
+    posfeat.new(vlm, seed=1)
+    assert posfeat.save(vlm, base)
+    res = train_reward(train_config(base, max_steps=1, eval_every=0), dataset, tmp_path / "run", progress=False)
+    assert res.steps == 1
+    with_pf = load_scorer(tmp_path / "run" / "model", "cpu")
+    assert posfeat.attached(with_pf.vlm) is not None
+    plain = SpatialScore.from_pretrained(tmp_path / "run" / "model")
+    assert posfeat.attached(plain.vlm) is None
+    from spatialt2i.reward.collate import iter_pair_batches
+
+    b = next(iter_pair_batches(dataset, "test", batch_size=2))
+    assert not torch.allclose(with_pf.score(*b.model_inputs())["mu"], plain.score(*b.model_inputs())["mu"])

@@ -94,8 +94,9 @@ def evaluate_dataset(model: str | os.PathLike | Any | None, data: str | os.PathL
     columns = _check(data, split, baselines)
     scorer = None
     if model is not None:
-        scorer = model if isinstance(model, SpatialScore) else SpatialScore.from_pretrained(
-            model, device=device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        from .trainer import load_scorer
+
+        scorer = model if isinstance(model, SpatialScore) else load_scorer(model, device)
     names = ([MODEL_NAME] if scorer is not None else []) + [b.name for b in baselines]
     credits: dict[str, list[float]] = {n: [] for n in names}
     failures = {b.name: 0 for b in baselines}

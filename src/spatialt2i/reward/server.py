@@ -249,12 +249,9 @@ def build_app(model: Any, settings: ServerSettings | None = None, model_name: st
 
 
 def load_model(path: str, device: str | None = None) -> Any:
-    import torch
+    from .trainer import load_scorer
 
-    from .model import SpatialScore
-
-    dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    return SpatialScore.from_pretrained(path, device=dev)
+    return load_scorer(path, device)
 
 
 class RewardServer:
