@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import base64
 import http.server
-import io
 import json
 import socket
 import subprocess

@@ -17,7 +17,6 @@ import os
 from pathlib import Path
 from typing import Any, Sequence
 
-import torch
 
 from ..data.schema import check_dataset, iter_rows, shard_files
 from ..errors import DatasetError

@@ -40,7 +40,6 @@ import os
 import random
 import shutil
 import time
-from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -374,12 +373,13 @@ class RewardTrainer:
             tot = acc.reduce(stats.to(acc.device), reduction="sum").cpu()
             pairs_seen += int(tot[1])
             dt = time.monotonic() - t0
+            loss, acc_b = float(tot[0] / max(tot[1], 1)), float(tot[2] / max(tot[1], 1))
             if acc.is_main_process and (step % max(1, cfg.log_every) == 0 or step == total):
-                writer.log(step, {"train/loss": float(tot[0] / max(tot[1], 1)), "train/acc": float(tot[2] / max(tot[1], 1)),
-                                  "train/lr": sched.get_last_lr()[0], "train/pairs_per_s": float(tot[1]) / max(dt, 1e-9),
+                writer.log(step, {"train/loss": loss, "train/acc": acc_b, "train/lr": sched.get_last_lr()[0],
+                                  "train/pairs_per_s": float(tot[1]) / max(dt, 1e-9),
                                   "train/skipped_rows": float(len(skipped))})
             bar.update(1)
-            bar.set_postfix(loss=f"{float(tot[0] / max(tot[1], 1)):.3f}", acc=f"{float(tot[2] / max(tot[1], 1)):.2f}")
+            bar.set_postfix(loss=f"{loss:.3f}", acc=f"{acc_b:.2f}")
             out_of_time = cfg.max_minutes > 0 and (time.monotonic() - t_start) > cfg.max_minutes * 60
             if acc.num_processes > 1:  # every rank must agree to stop
                 flag = acc.reduce(torch.tensor([float(out_of_time)], device=acc.device), reduction="sum")
