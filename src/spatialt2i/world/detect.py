@@ -63,7 +63,8 @@ def label_pixels(img: Image.Image | np.ndarray) -> np.ndarray:
     return _LUT[a[..., 0], a[..., 1], a[..., 2]]
 
 
-HIDDEN_WEIGHT = 0.15  # a template pixel that falls on another object costs this much (not 0, not 1)
+HIDDEN_WEIGHT = 0.15
+COMPLETE_FIT = 0.97  # a touching component that fits its pixel box this well is not occluded  # a template pixel that falls on another object costs this much (not 0, not 1)
 
 
 def _masked_iou(t: np.ndarray, m: np.ndarray, hidden: np.ndarray) -> float:
@@ -78,7 +79,12 @@ def _fit_box(m: np.ndarray, hidden: np.ndarray, bbox, shape: str, touching: bool
     x0, y0, x1, y1 = bbox
     w, h = x1 - x0 + 1, y1 - y0 + 1
     H, W = shape_hw
-    if not touching:
+    if w == h:  # a complete object's pixel box is square and its template fits it exactly
+        sub = m[y0:y1 + 1, x0:x1 + 1]
+        iou = _masked_iou(template(shape, w, h), sub, hidden[y0:y1 + 1, x0:x1 + 1])
+        if not touching or iou >= COMPLETE_FIT:
+            return (x0, y0, x1, y1), iou
+    elif not touching:
         t = template(shape, w, h)
         sub = m[y0:y1 + 1, x0:x1 + 1]
         return (x0, y0, x1, y1), _masked_iou(t, sub, np.zeros_like(sub))
@@ -112,6 +118,15 @@ def _shape_scores(m: np.ndarray, hidden: np.ndarray, box) -> dict[str, float]:
     return {s: _masked_iou(template(s, x1 - x0 + 1, y1 - y0 + 1), sub, hid) for s in SHAPES}
 
 
+def _touches(m: np.ndarray, others: np.ndarray, ys: slice, xs: slice) -> bool:
+    """Whether mask ``m`` (inside the given slices) has a 4-neighbour among ``others``."""
+    H, W = m.shape
+    y0, y1, x0, x1 = max(ys.start - 1, 0), min(ys.stop + 1, H), max(xs.start - 1, 0), min(xs.stop + 1, W)
+    mm, oo = m[y0:y1, x0:x1], others[y0:y1, x0:x1]
+    return bool((mm[1:] & oo[:-1]).any() or (mm[:-1] & oo[1:]).any()
+                or (mm[:, 1:] & oo[:, :-1]).any() or (mm[:, :-1] & oo[:, 1:]).any())
+
+
 def find(labels: np.ndarray, colour: str, shape: str) -> Detection | None:
     """Detect the ``colour`` ``shape`` in a labelled image, or ``None`` if it is absent."""
     H, W = labels.shape
@@ -133,8 +148,7 @@ def find(labels: np.ndarray, colour: str, shape: str) -> Detection | None:
         full = np.zeros_like(mask)
         full[sl] = m
         bbox = (xs.start, ys.start, xs.stop - 1, ys.stop - 1)
-        ring = (slice(max(ys.start - 1, 0), ys.stop + 1), slice(max(xs.start - 1, 0), xs.stop + 1))
-        touching = bool((ndimage.binary_dilation(full[ring], _FOUR) & others[ring]).any())
+        touching = _touches(full, others, ys, xs)
         box, fit = _fit_box(full, others, bbox, shape, touching, (H, W))
         if fit < MIN_FIT:
             continue
