@@ -32,11 +32,15 @@ import numpy as np
 import torch
 from PIL import Image
 
-from spatialt2i.errors import ConfigError, EndpointError
+from spatialt2i.errors import ConfigError, EndpointError, SpatialT2IError
 
 log = logging.getLogger(__name__)
 
 Scores = dict[str, torch.Tensor]
+
+
+class RewardError(SpatialT2IError, ValueError):
+    """A scorer returned rewards of the wrong shape or non-finite values."""
 
 
 class Scorer(Protocol):

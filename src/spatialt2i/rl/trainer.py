@@ -42,7 +42,7 @@ from spatialt2i.gen.flux import FluxGenerator, PromptEmbeds, Trajectory
 from spatialt2i.rl.advantages import compute_advantages, gaussian_kl_same_std, grpo_clipped_loss, zero_std_groups
 from spatialt2i.rl.config import RLConfig
 from spatialt2i.rl.lora import adapter_disabled, add_lora, lora_state_dict, load_lora_into, save_lora
-from spatialt2i.rl.rewards import Scorer
+from spatialt2i.rl.rewards import RewardError, Scorer
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +66,7 @@ class Group:
             self.pending = None
             r = self.scores["reward"]
             if r.shape != (self.traj.latents.shape[0],) or not bool(torch.isfinite(r).all()):
-                raise ValueError(f"reward for group {self.index} ({self.prompt[:60]!r}): expected "
+                raise RewardError(f"reward for group {self.index} ({self.prompt[:60]!r}): expected "
                                  f"{self.traj.latents.shape[0]} finite values, got {r.tolist()}")
         return self
 
@@ -110,9 +110,12 @@ def _dist() -> tuple[int, int]:
 
 
 def _all_sum(t: torch.Tensor) -> torch.Tensor:
+    """Sum of a small CPU tensor over ranks (through the GPU when the backend is NCCL)."""
     if _dist()[1] > 1:
-        t = t.clone()
-        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+        dev = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else t.device
+        buf = t.to(dev, copy=True)
+        dist.all_reduce(buf, op=dist.ReduceOp.SUM)
+        t = buf.to(t.device)
     return t
 
 
@@ -220,7 +223,7 @@ class GRPOTrainer:
                 rows = len(idx) * n_steps
                 lp, mean, std = self.gen.replay(batch, self.steps, index=idx)
                 old = batch.log_probs[idx][:, self.steps]
-                a = batch_adv[idx, None].expand_as(lp)
+                a = batch_adv[idx, None].to(lp.device).expand_as(lp)
                 policy, st = grpo_clipped_loss(lp, old, a, tc.clip_range)
                 loss = policy
                 kl = torch.zeros(())
@@ -408,6 +411,7 @@ class GRPOTrainer:
                     bar.set_postfix(reward=f"{stats['reward_mean']:.3f}", clip=f"{stats['clip_frac']:.2f}",
                                     kl=f"{stats['approx_kl']:.1e}")
                 timed_out = max_minutes is not None and time.monotonic() - t0 > 60 * max_minutes
+                timed_out = bool(_all_sum(torch.tensor([float(timed_out)])) > 0)  # all ranks stop together
                 if (self.iteration % max(self.cfg.checkpoint_every, 1) == 0 or timed_out
                         or self.iteration == stop_at):
                     self.save_checkpoint()
