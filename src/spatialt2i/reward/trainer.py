@@ -261,6 +261,29 @@ class RewardTrainer:
             set_rng_state(torch.load(rng_file, weights_only=False))
         return state
 
+    def _save_model(self, acc: Any, model: Any) -> None:
+        """Write ``OUT/model``. Under FSDP the parameters are sharded, so the full state dict is gathered
+        (a collective) and its trainable entries are loaded into a CPU copy that saves the checkpoint."""
+        from accelerate.utils import DistributedType
+
+        if acc.distributed_type != DistributedType.FSDP:
+            if acc.is_main_process:
+                acc.unwrap_model(model).save_pretrained(self.out / "model")
+            return
+        from .model import SpatialScore
+
+        full = acc.get_state_dict(model)
+        if acc.is_main_process:
+            cfg = self.cfg
+            cpu = SpatialScore.from_backbone(cfg.resolved_base_model(), lora=cfg.lora.settings() if cfg.lora else None,
+                                             head_hidden=cfg.head_hidden, device="cpu", seed=cfg.seed)
+            names = {n for n, p in cpu.named_parameters() if p.requires_grad}
+            missing = names - set(full)
+            if missing:
+                raise RuntimeError(f"FSDP state dict lacks trainable parameter(s) {sorted(missing)[:5]}")
+            cpu.load_state_dict({k: v for k, v in full.items() if k in names}, strict=False)
+            cpu.save_pretrained(self.out / "model")
+
     # ---- evaluation -------------------------------------------------------------------------------
     @torch.no_grad()
     def evaluate(self, acc: Any, model: Any, table: PairTable | None, limit: int = 0) -> dict[str, float]:
@@ -400,10 +423,10 @@ class RewardTrainer:
         seconds = time.monotonic() - t_start
         final_eval = self.evaluate(acc, model, evalt, 0)
         all_skipped = _gather_skips(acc, skipped)
+        self._save_model(acc, model)
         if acc.is_main_process:
             if final_eval:
                 writer.log(step, {f"eval_final/{k}": v for k, v in final_eval.items()})
-            acc.unwrap_model(model).save_pretrained(self.out / "model")
             with open(self.out / "skipped.jsonl", "w") as f:
                 for rid, reason in sorted(all_skipped.items()):
                     f.write(json.dumps({"id": rid, "reason": reason}) + "\n")
