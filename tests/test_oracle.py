@@ -77,3 +77,19 @@ def test_oracle_reads_any_resolution():
     s = _scenes(5, 3)
     for sc in s:
         assert judge(sc, render(sc, 128)).all_correct
+
+
+def test_violates_agrees_with_judge():
+    from spatialt2i.data.perturb import PerturbationFailed, perturb
+    from spatialt2i.world.oracle import violates
+
+    rng = np.random.default_rng(5)
+    for s in _scenes(40, 8):
+        assert not violates(s, render(s))
+        try:
+            p = perturb(s, rng)
+        except PerturbationFailed:
+            continue
+        img = render(p.scene)
+        assert violates(s, img) == (not judge(s, img).all_correct)
+        assert violates(s, img, first=[len(s.relations) - 1, 0]) == violates(s, img)

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..errors import ConfigError, UnsatisfiableSceneError
-from ..world.oracle import judge
+from ..world.oracle import judge, violates
 from ..world.render import check_size, render
 from ..world.sample import SceneConfig, random_scene
 from ..world.text import Style, describe
@@ -67,7 +67,8 @@ def make_world_pair(rng: np.random.Generator, cfg: WorldDataConfig) -> dict:
     chosen, rejected = render(scene, cfg.image_size), render(pert.scene, cfg.image_size)
     if not judge(scene, chosen).all_correct:
         raise Rejected("oracle:chosen_violates_prompt")
-    if judge(scene, rejected).all_correct:
+    changed = [i for i, (a, b) in enumerate(zip(scene.relations, pert.scene.relations)) if a != b]
+    if not violates(scene, rejected, first=changed):
         raise Rejected("oracle:rejected_satisfies_prompt")
     return {
         "prompt": describe(scene, style),

@@ -8,6 +8,7 @@ overlap, and the overlap shows the front object's colour. A relation with an abs
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Sequence
 
 import numpy as np
 from PIL import Image
@@ -15,7 +16,7 @@ from PIL import Image
 from . import geometry as G
 from .detect import Detection, find, label_pixels
 from .render import template
-from .scene import Scene
+from .scene import Relation, Scene
 from .vocab import COLOURS
 
 PALETTE_INDEX = {c: i for i, c in enumerate(COLOURS)}
@@ -63,19 +64,48 @@ def _depth(kind: str, a: Detection, b: Detection, labels: np.ndarray) -> bool:
     return G.depth_relation(kind, float(frac), na > nb, 0.0)
 
 
+class _Reader:
+    """Detects objects of a scene in one image lazily (each at most once)."""
+
+    def __init__(self, scene: Scene, image: Image.Image | np.ndarray) -> None:
+        self.scene = scene
+        self.labels = label_pixels(image)
+        self.size = max(self.labels.shape)
+        self.dets: dict[int, Detection | None] = {}
+
+    def det(self, i: int) -> Detection | None:
+        if i not in self.dets:
+            o = self.scene.objects[i]
+            self.dets[i] = find(self.labels, o.colour, o.shape)
+        return self.dets[i]
+
+    def holds(self, r: Relation) -> bool:
+        dets = [self.det(i) for i in r.objects]
+        if any(d is None for d in dets):
+            return False
+        if r.kind in ("in_front_of", "behind"):
+            return _depth(r.kind, dets[0], dets[1], self.labels)
+        geo = [d.geometry(self.size) for d in dets]
+        return bool(G.box_relation(r.kind, geo, tuple(range(len(geo))), r.region, 0.0))
+
+
 def judge(scene: Scene, image: Image.Image | np.ndarray) -> Verdict:
     """Check every relation and object of ``scene`` (positions in it are ignored) against ``image``."""
-    labels = label_pixels(image)
-    H, W = labels.shape
-    size = max(H, W)
-    dets = [find(labels, o.colour, o.shape) for o in scene.objects]
-    geo = [d.geometry(size) if d else None for d in dets]
-    out = []
-    for r in scene.relations:
-        if any(dets[i] is None for i in r.objects):
-            out.append(False)
-        elif r.kind in ("in_front_of", "behind"):
-            out.append(_depth(r.kind, dets[r.objects[0]], dets[r.objects[1]], labels))
-        else:
-            out.append(bool(G.box_relation(r.kind, geo, r.objects, r.region, 0.0)))
+    rd = _Reader(scene, image)
+    out = [rd.holds(r) for r in scene.relations]
+    dets = [rd.det(i) for i in range(len(scene.objects))]
     return Verdict(out, [d is not None for d in dets], dets)
+
+
+def violates(scene: Scene, image: Image.Image | np.ndarray, first: Sequence[int] = ()) -> bool:
+    """Whether ``image`` breaks at least one relation of ``scene`` (or misses an object).
+
+    Same rules as :func:`judge`, but stops at the first broken relation; ``first`` lists relation
+    indices to check before the others (e.g. the ones a perturbation changed).
+    """
+    rd = _Reader(scene, image)
+    n = len(scene.relations)
+    order = [i for i in first if 0 <= i < n] + [i for i in range(n) if i not in set(first)]
+    if any(not rd.holds(scene.relations[i]) for i in order):
+        return True
+    return any(rd.det(i) is None for i in range(len(scene.objects)))
