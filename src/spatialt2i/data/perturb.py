@@ -21,7 +21,7 @@ import numpy as np
 
 from ..errors import UnsatisfiableSceneError
 from ..world import geometry as G
-from ..world.layout import DEPTH_KINDS, GAP, solve
+from ..world.layout import DEPTH_KINDS, GAP, prepare, solve
 from ..world.scene import Obj, Relation, Scene
 from ..world.text import relation_text
 from ..world.truth import all_hold, boxes, relation_holds
@@ -120,6 +120,10 @@ def _relayout(scene: Scene, target: Scene, idx: list[int], rng: np.random.Genera
     for _ in range(3):
         options.append({int(rng.permutation(m)[0]) for m in movers})
     options.append({j for m in movers for j in m})
+    try:
+        target = prepare(target)
+    except UnsatisfiableSceneError:
+        return None
     seen: list[set[int]] = []
     for free in options:
         if free in seen:
@@ -129,7 +133,8 @@ def _relayout(scene: Scene, target: Scene, idx: list[int], rng: np.random.Genera
             if any(target.relations[i].kind not in (*DEPTH_KINDS, "bigger", "smaller") for i in idx):
                 continue
         try:
-            out = solve(target, rng, fixed=[j for j in range(n) if j not in free], restarts=1 if len(free) <= 1 else 2)
+            out = solve(target, rng, fixed=[j for j in range(n) if j not in free], restarts=1 if len(free) <= 1 else 2,
+                        prepared=True)
         except UnsatisfiableSceneError:
             continue
         if layout_ok(out) and all(i in breaks(scene, out) for i in idx):
