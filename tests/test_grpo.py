@@ -312,3 +312,47 @@ def test_rl_train_with_a_non_flux_generator_is_a_clear_error(tmp_path: Path, cap
     rc = main(["rl", "train", "--config", "world", "--set", "train.topk=7", "--generator", str(bad),
                "--out", str(tmp_path / "out")])
     assert rc == 2 and "topk=7 exceeds half" in capsys.readouterr().err
+
+
+def test_gradient_accumulation_over_micro_batches_equals_one_pass(tiny_dir: Path) -> None:
+    def deltas(micro_batch: int) -> list[torch.Tensor]:
+        tr = make_trainer(tiny_dir, tiny_config(**{"train.micro_batch": micro_batch, "train.max_grad_norm": 0.0}))
+        tr.optimizer = torch.optim.SGD(tr.params, lr=1.0)
+        try:
+            before = lora_params(tr)
+            tr.update(tr.rollout(0))
+            return [p.detach() - b for p, b in zip(tr.params, before)]
+        finally:
+            tr.close()
+
+    whole, accumulated = deltas(0), deltas(1)
+    scale = max(float(d.abs().max()) for d in whole)
+    assert scale > 0
+    for a, b in zip(whole, accumulated):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5 * scale)
+
+
+def test_bench_indomain_cli_reports_base_and_lora(tiny_dir: Path, tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture) -> None:
+    from spatialt2i.cli import main
+
+    tr = make_trainer(tiny_dir, tiny_config(**{"train.lr": 0.05}), out=tmp_path / "run")
+    try:
+        tr.update(tr.rollout(0))
+        tr.save_final()
+    finally:
+        tr.close()
+    rc = main(["bench", "indomain", "--generator", str(tiny_dir), "--lora", str(tmp_path / "run" / "lora"),
+               "--n", "3", "--steps", "2", "--max-sequence-length", "32", "--json", "--out", str(tmp_path / "b")])
+    assert rc == 0
+    report = json.loads(capsys.readouterr().out)
+    assert set(report) == {"base", "lora"}
+    for r in report.values():
+        assert r["n_prompts"] == 3 and r["reward"] == "oracle"
+        assert 0 <= r["all_correct"] <= 1 and 0 <= r["presence"] <= 1
+        assert sum(v["n"] for v in r["per_relation"].values()) >= 3
+    grid = Image.open(tmp_path / "b" / "grid.png")
+    assert grid.size[1] > 2 * 64  # a base row and a LoRA row
+    rc = main(["bench", "indomain", "--generator", str(tiny_dir), "--lora", str(tmp_path / "nolora"), "--n", "1",
+               "--steps", "1", "--max-sequence-length", "32"])
+    assert rc == 2 and "no pytorch_lora_weights.safetensors" in capsys.readouterr().err

@@ -13,12 +13,14 @@ def cmd_indomain(args: argparse.Namespace) -> int:
     from spatialt2i.bench.indomain import evaluate, image_grid, save_report
     from spatialt2i.gen.flux import FluxGenerator
     from spatialt2i.rl.config import PromptSettings
-    from spatialt2i.rl.lora import load_lora_pipeline
+    from spatialt2i.rl.lora import WEIGHT_NAME, LoraLoadError, load_lora_pipeline
     from spatialt2i.rl.prompts import heldout_prompts
     from spatialt2i.rl.rewards import SpatialScoreScorer
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.lora is not None and not (Path(args.lora) / WEIGHT_NAME).is_file():
+        raise LoraLoadError(f"--lora {args.lora}: no {WEIGHT_NAME} (expected a folder written by rl train)")
     prompts = heldout_prompts(PromptSettings(eval_prompts=args.n), args.n)
     scorer = SpatialScoreScorer(args.reward) if args.reward else None
     gen = FluxGenerator.from_pretrained(args.generator, height=args.size, width=args.size,

@@ -217,6 +217,10 @@ class GRPOTrainer:
             denom = float(rows_global[ci])
             if denom == 0:
                 continue
+            if tc.kl_coef == 0 and len(chunk):
+                # a zero advantage contributes no gradient (zero-std groups, ties at the mean):
+                # skip those rows' passes; they still count in the denominator like in a full pass
+                chunk = chunk[batch_adv[chunk] != 0]
             mb = tc.micro_batch or max(len(chunk), 1)
             for start in range(0, len(chunk), mb):
                 idx = chunk[start:start + mb]
