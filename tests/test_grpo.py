@@ -251,6 +251,17 @@ def test_http_scorer_garbage_is_retried_then_a_clear_error(answer: bytes, status
     assert len(handler.calls) == 3
 
 
+def test_http_scorer_does_not_retry_a_rejected_request() -> None:
+    server, handler = _serve(json.dumps({"field": "images[1]", "error": "not valid base64"}).encode(), 400)
+    try:
+        with pytest.raises(EndpointError, match=r"rejected the request: HTTP 400.*images\[1\]"):
+            HTTPScorer(f"http://127.0.0.1:{server.server_address[1]}", retries=3, backoff=0.01).score(
+                PROMPTS, IMAGES, META)
+    finally:
+        server.shutdown()
+    assert len(handler.calls) == 1
+
+
 def test_http_scorer_server_down_is_a_clear_error() -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

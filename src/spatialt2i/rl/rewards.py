@@ -7,12 +7,14 @@ under ``"scene"``).
 
 HTTP protocol (what :class:`HTTPScorer` speaks, and a reward server must answer)::
 
-    POST {url}/score   {"prompts": [str], "images": [base64 PNG], "metadata": [dict]}
+    POST {url}/score   {"prompts": [str], "images": [base64 PNG], "metadata": [dict]}  (metadata optional)
     200                {"reward": [float], ...other keys: [float]}   (one value per image)
 
 A scorer never returns made-up rewards: a server that is down, slow or answers garbage is retried
 ``retries`` times with exponential backoff, then :class:`~spatialt2i.errors.EndpointError` stops
-the run naming the URL and the last problem.
+the run naming the URL and the last problem (a 503's ``Retry-After`` is honoured). A 4xx answer
+(other than 408/429) means the request itself is wrong and stops at once. This matches
+``spatialt2i.reward.server`` (which ignores ``metadata``).
 """
 
 from __future__ import annotations
@@ -140,10 +142,10 @@ class HTTPScorer:
         _check_batch(prompts, images, metadata)
         payload = json.dumps({"prompts": list(prompts), "images": [encode_png(i) for i in images],
                               "metadata": list(metadata)}).encode()
-        problem = "no attempt made"
+        problem, retry_after = "no attempt made", 0.0
         for attempt in range(self.retries + 1):
             if attempt:
-                wait = self.backoff * 2 ** (attempt - 1)
+                wait = max(self.backoff * 2 ** (attempt - 1), retry_after)
                 log.warning("reward server %s: %s; retry %d/%d in %.1fs", self.url, problem, attempt,
                             self.retries, wait)
                 time.sleep(wait)
@@ -153,7 +155,15 @@ class HTTPScorer:
                 with urllib.request.urlopen(req, timeout=self.timeout) as resp:
                     body = resp.read()
             except urllib.error.HTTPError as e:
-                problem = f"HTTP {e.code} {e.reason}"
+                detail = e.read()[:300].decode("utf-8", "replace")
+                problem = f"HTTP {e.code} {e.reason}: {detail}"
+                if 400 <= e.code < 500 and e.code not in (408, 429):
+                    # the request itself is wrong (bad image, too large): retrying cannot help
+                    raise EndpointError(f"reward server {self.url} rejected the request: {problem}") from None
+                try:
+                    retry_after = min(float(e.headers.get("Retry-After", 0) or 0), 60.0)
+                except ValueError:
+                    retry_after = 0.0
                 continue
             except (urllib.error.URLError, OSError, TimeoutError) as e:
                 problem = f"unreachable ({getattr(e, 'reason', e)})"
