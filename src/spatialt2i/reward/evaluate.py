@@ -19,7 +19,7 @@ from typing import Any, Sequence
 
 
 from ..data.schema import check_dataset, iter_rows, shard_files
-from ..errors import DatasetError
+from ..errors import ConfigError, DatasetError
 from .collate import NEEDED, collate_pairs
 from .judges import PairJudge
 from .losses import pairwise_correct
@@ -89,7 +89,7 @@ def evaluate_dataset(model: str | os.PathLike | Any | None, data: str | os.PathL
     from .model import SpatialScore
 
     if model is None and not baselines:
-        raise ValueError("evaluate: give --model and/or --baselines")
+        raise ConfigError("reward eval: nothing to evaluate; give --model and/or --baselines")
     columns = _check(data, split, baselines)
     scorer = None
     if model is not None:

@@ -7,8 +7,8 @@ API (FastAPI; the schema is at ``/openapi.json``, docs at ``/docs``)::
     GET  /health  -> {"status": "ok", "model": ..., "queued": n, "batches": n, "images": n, ...}
 
 Dynamic batching: every image of every request joins one queue. A single worker thread takes the
-first waiting image, waits up to ``max_wait_ms`` for more, and scores up to ``max_batch`` images in
-one model call; each request gets exactly its own scores back (per-image futures). The queue is
+first waiting image, waits up to ``max_wait_ms`` for more (skipped for a lone client: last batch of
+one, nothing queued or being decoded), and scores up to ``max_batch`` images in one model call; each request gets exactly its own scores back (per-image futures). The queue is
 bounded (``queue`` images): a request that would overflow it is answered 503 with Retry-After at
 once, so a burst cannot grow memory or latency without limit.
 
@@ -138,6 +138,8 @@ class Batcher:
         self._q: queue.Queue = queue.Queue()
         self._lock = threading.Lock()
         self._pending = 0
+        self._arriving = 0
+        self.last_batch = 0
         self.batches = 0
         self.images = 0
         self.largest_batch = 0
@@ -160,7 +162,17 @@ class Batcher:
                 self._q.put(item)
         return futs
 
+    def arriving(self, delta: int) -> None:
+        """Count requests that are being read/decoded and will submit soon (the batch waits only for those)."""
+        with self._lock:
+            self._arriving += delta
+
     def _take(self) -> list[tuple[str, Image.Image, Future]]:
+        """The next batch: the first queued item, plus whatever is queued or arrives within ``max_wait_ms``.
+
+        The wait is skipped when the last batch was a single image and nothing is queued or arriving,
+        so a lone client does not pay ``max_wait_ms`` per request; under load the batch waits the
+        full ``max_wait_ms`` to fill."""
         first = self._q.get()
         if first is None:
             return []
@@ -169,9 +181,13 @@ class Batcher:
         while len(items) < self.settings.max_batch:
             left = deadline - time.monotonic()
             try:
-                nxt = self._q.get(timeout=left) if left > 0 else self._q.get_nowait()
+                if self.last_batch <= 1 and self._q.empty() and self._arriving == 0:
+                    break  # no sign of load: do not make a lone client wait
+                nxt = self._q.get(timeout=min(left, 0.002)) if left > 0 else self._q.get_nowait()
             except queue.Empty:
-                break
+                if left <= 0:
+                    break
+                continue
             if nxt is None:
                 self._stop.set()
                 break
@@ -202,6 +218,7 @@ class Batcher:
             self.batches += 1
             self.images += len(items)
             self.largest_batch = max(self.largest_batch, len(items))
+            self.last_batch = len(items)
             self._score(items)
 
     def close(self) -> None:
@@ -231,13 +248,17 @@ def build_app(model: Any, settings: ServerSettings | None = None, model_name: st
     @app.post("/score", response_model=ScoreResponse,
               responses={400: {"model": ErrorBody}, 413: {"model": ErrorBody}, 503: {"model": ErrorBody}})
     async def score(req: ScoreRequest) -> Any:
+        batcher.arriving(1)
         try:
-            prompts, images = validate_request(req.prompts, req.images, settings)
+            # decoding large images off the event loop keeps other requests flowing
+            prompts, images = await asyncio.to_thread(validate_request, req.prompts, req.images, settings)
             futs = batcher.submit(prompts, images)
         except InputError as e:
             return JSONResponse({"field": e.field, "error": e.message}, status_code=e.status)
         except QueueFull as e:
             return JSONResponse({"field": "queue", "error": str(e)}, status_code=503, headers={"Retry-After": "1"})
+        finally:
+            batcher.arriving(-1)
         try:
             res = await asyncio.gather(*(asyncio.wrap_future(f) for f in futs))
         except Exception as e:
