@@ -104,7 +104,7 @@ def test_bad_inputs_get_4xx_naming_the_field_and_serving_goes_on() -> None:
         assert wrong_type.status_code == 422 and "prompts" in wrong_type.text
         not_json = httpx.post(server.url + "/score", content=b"{oops", headers={"content-type": "application/json"})
         assert not_json.status_code == 422
-        ok = post({"prompts": ["still here"], "images": [good]})
+        ok = post({"prompts": ["still here"], "images": [good], "metadata": [{"scene": "{}"}]})  # rl.rewards sends it
         assert ok.status_code == 200 and ok.json()["mu"] == [pytest.approx(FakeModel.expected("still here", img(1)))]
         assert httpx.get(server.url + "/health").json()["status"] == "ok"
         schema = httpx.get(server.url + "/openapi.json").json()
