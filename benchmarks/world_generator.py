@@ -1,7 +1,7 @@
 """Oracle figures of the shipped world base generator on 200 held-out prompts, and the time.
 
 Held-out prompts: 2-4 objects, 1-3 relations (equal shares), from ``gen.evaluate.heldout_scenes``;
-one sample per prompt (ODE, 8 steps unless --steps), judged by the world oracle.
+one sample per prompt (ODE, 6 steps as the RL preset samples, unless --steps), judged by the world oracle.
 
     python benchmarks/world_generator.py [--generator DIR] [--n 200] [--steps 8] [--threads 1] [--json]
 """
@@ -20,7 +20,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--generator", default=None, help="Flux pipeline folder (default: the shipped one)")
     ap.add_argument("--n", type=int, default=200)
-    ap.add_argument("--steps", type=int, default=8)
+    ap.add_argument("--steps", type=int, default=6)
     ap.add_argument("--max-sequence-length", type=int, default=128)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--json", action="store_true")

@@ -21,7 +21,8 @@ torch.set_num_threads(1)
 
 def _tiny_cfg(**kw) -> PretrainConfig:
     base = dict(minutes=0.15, vae_share=0.4, vae_batch=4, batch=4, eval_minutes=0, eval_prompts=4,
-                eval_steps=2, max_sequence_length=32, log_every=1, checkpoint_minutes=100)
+                eval_steps=2, max_sequence_length=32, log_every=1, checkpoint_minutes=100,
+                decoder_steps=2)
     base.update(kw)
     return PretrainConfig(**base)
 
@@ -47,7 +48,7 @@ def test_pretrain_steps_save_reload_eval_resume(tmp_path: Path) -> None:
     assert res["steps"] > 0 and 0.0 <= res["presence"] <= 1.0
     assert (out / "model_index.json").is_file() and (out / "train_state" / "state.pt").is_file()
     recs = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert {r["stage"] for r in recs} >= {"vae", "vae_check", "fm", "final"}
+    assert {r["stage"] for r in recs} >= {"vae", "vae_check", "fm", "decoder", "decoder_check", "final"}
     assert all(r["loss"] == r["loss"] for r in recs if "loss" in r)  # no NaN
 
     pipe = FluxPipeline.from_pretrained(str(out))
@@ -55,6 +56,11 @@ def test_pretrain_steps_save_reload_eval_resume(tmp_path: Path) -> None:
     sd = tr.pipe.transformer.state_dict()
     for k, v in pipe.transformer.state_dict().items():
         assert torch.equal(v, sd[k]), k
+    # the decoder stage changed the decoder only: the encoder (the latent space) is the stage-1 one
+    stage1 = torch.load(out / "train_state" / "state.pt", weights_only=False)["vae"]
+    vsd = pipe.vae.state_dict()
+    assert all(torch.equal(vsd[k], stage1[k]) for k in vsd if k.startswith("encoder."))
+    assert any(not torch.equal(vsd[k], stage1[k]) for k in vsd if k.startswith("decoder."))
     gen = FluxGenerator(pipe, height=64, width=64, max_sequence_length=32)
     ev = evaluate_generator(gen, n=3, steps=2, batch=2)
     assert ev["n"] == 3 and set(ev) >= {"presence", "all_correct", "per_relation", "by_n_relations"}

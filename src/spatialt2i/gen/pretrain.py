@@ -96,13 +96,19 @@ class PretrainConfig:
     minutes: float = 60.0           # total wall-time budget (both stages)
     vae_share: float = 0.17         # share of the budget for the VAE stage (when vae_steps is 0)
     vae_steps: int = 0              # > 0: fixed VAE steps (reproducible; the time budget is a cap)
-    fm_steps: int = 0               # > 0: fixed flow-matching steps (ditto)
+    fm_steps: int = 0               # > 0: fixed flow-matching steps (ditto); the lr schedule spans them
+    fm_stop: int = 0                # > 0: stop flow matching after this many steps (schedule unchanged)
     # VAE stage
     vae_batch: int = 32
     vae_crop: int = 32
     vae_lr: float = 2e-3
     kl_weight: float = 1e-6
     vae_object_weight: float = 10.0  # loss weight of non-background pixels (the background is ~90 %)
+    # decoder stage (after flow matching): the VAE decoder alone is fine-tuned on latents of the
+    # frozen encoder, so the latent space the transformer learned stays the same
+    decoder_steps: int = 0
+    decoder_lr: float = 1e-3
+    decoder_latent_noise: float = 0.1  # Gaussian noise on latents, x latent std: robust to generated latents
     # flow-matching stage
     batch: int = 32
     lr: float = 1e-3
@@ -254,6 +260,59 @@ def shifted_sigmas(u: torch.Tensor, image_seq_len: int, sched_cfg: Any) -> torch
     return e / (e + (1 / u - 1))
 
 
+def finetune_decoder(vae: torch.nn.Module, cfg: PretrainConfig, progress: Any = None) -> dict[str, torch.Tensor]:
+    """Fine-tune a copy of ``vae``'s decoder for ``cfg.decoder_steps`` on frozen-encoder latents.
+
+    Depends only on the VAE it is given and ``cfg`` (its own data stream, seeded from
+    ``cfg.seed``), so it gives the same result whenever it runs. Returns the new VAE state dict.
+    """
+    import copy
+
+    vae = copy.deepcopy(vae).float()
+    vae.train()
+    for q in vae.parameters():
+        q.requires_grad_(False)
+    params = list(vae.decoder.parameters())
+    for q in params:
+        q.requires_grad_(True)
+    stream = SceneStream(cfg, cfg.seed + 777)
+    gen = torch.Generator().manual_seed(cfg.seed + 778)
+    opt = torch.optim.AdamW(params, lr=cfg.decoder_lr, weight_decay=0.0)
+    std = 1.0 / float(vae.config.scaling_factor)
+    c, n = cfg.vae_crop, cfg.image_size
+    losses = []
+    for step in range(cfg.decoder_steps):
+        _, imgs, _ = stream.batch(cfg.vae_batch)
+        x = to_pixels(imgs)
+        with torch.no_grad():
+            z = vae.encode(x).latent_dist.mode()
+            z = z + cfg.decoder_latent_noise * std * torch.randn(z.shape, generator=gen)
+        # crop in latent space (factor = VAE scale factor) and the matching pixels
+        f = n // z.shape[-1]
+        zc, xc = [], []
+        for i in range(z.shape[0]):
+            oy, ox = (int(v) for v in stream.rng.integers(0, (n - c) // f + 1, size=2))
+            zc.append(z[i, :, oy:oy + c // f, ox:ox + c // f])
+            xc.append(x[i, :, oy * f:oy * f + c, ox * f:ox * f + c])
+        z, x = torch.stack(zc), torch.stack(xc)
+        for g in opt.param_groups:
+            g["lr"] = cfg.decoder_lr * _lr_factor(step, cfg.decoder_steps, 20, 0.05)
+        rec = vae.decode(z).sample
+        w = 1.0 + (cfg.vae_object_weight - 1.0) * (x < 0.99).any(1, keepdim=True).float()
+        err = rec - x
+        loss = ((err.abs() + err.pow(2)) * w).sum() / (w.sum() * 3)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 5.0)
+        opt.step()
+        losses.append(float(loss.detach()))
+        if progress is not None and (step + 1) % cfg.log_every == 0:
+            progress(step + 1, float(np.mean(losses)))
+            losses = []
+    vae.eval()
+    return {k: v.detach().clone() for k, v in vae.state_dict().items()}
+
+
 # ---------------------------------------------------------------------------------------- trainer
 def _quiet() -> None:
     """Silence the per-batch "truncated to 77 CLIP tokens" warnings (CLIP only gives the pooled vector)."""
@@ -365,6 +424,8 @@ class Pretrainer:
 
     def _fm_more(self) -> bool:
         if self.cfg.fm_steps > 0 and self.step >= self.cfg.fm_steps:
+            return False
+        if self.cfg.fm_stop > 0 and self.step >= self.cfg.fm_stop:
             return False
         return self.elapsed["fm"] < self.fm_budget_s()
 
@@ -563,6 +624,18 @@ class Pretrainer:
                 self._save_state()
                 last_ckpt = t_prev = time.monotonic()
         self._save_state()
+        if cfg.decoder_steps > 0:
+            self._say(f"decoder stage: {cfg.decoder_steps} steps (encoder frozen)")
+            t0 = time.monotonic()
+            sd = finetune_decoder(p.vae, cfg, lambda st, loss: (
+                self._metric("decoder", {"loss": loss}, st),
+                self._say(f"decoder step {st} loss {loss:.4f}")))
+            p.vae.load_state_dict(sd)
+            self.elapsed["decoder"] = time.monotonic() - t0
+            chk = self.vae_check()
+            self._metric("decoder_check", chk, cfg.decoder_steps)
+            self._say(f"decoder done: oracle on reconstructions: presence {chk['presence']:.3f} "
+                      f"all-correct {chk['all_correct']:.3f}")
         self.save(self.out)
         res = self.evaluate()
         self._metric("final", {k: v for k, v in res.items() if isinstance(v, float)}, self.step)
