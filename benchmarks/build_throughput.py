@@ -37,7 +37,9 @@ def main() -> None:
     print(f"projected 80k pairs: {80000 / (rep.pairs / dt) / 60:.1f} min")
     print(f"candidates rejected by checks: {rejected} ({rejected / (rejected + rep.pairs):.1%}) {rep.failures}")
     print(f"relations per prompt: median {stats['relations_per_prompt']['median']}, "
-          f"single-perturbation share {stats['single_perturbation_share']:.1%}, kinds {stats['perturbation_kinds']}")
+          f"single-perturbation share {stats['single_perturbation_share']:.1%}")
+    print(f"perturbation kinds: {stats['perturbation_kinds']}  perturbations per pair: "
+          f"{stats['perturbations_per_pair']['hist']}")
     shutil.rmtree(out.parent)
 
 
