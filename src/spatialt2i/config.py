@@ -6,6 +6,7 @@ Unknown keys and wrong types are errors naming the file and the key, never silen
 from __future__ import annotations
 
 import dataclasses
+import types
 import typing
 from pathlib import Path
 from typing import Any, TypeVar
@@ -62,7 +63,7 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
     args = typing.get_args(tp)
     if dataclasses.is_dataclass(tp):
         return from_dict(tp, value, where)
-    if origin is typing.Union or str(origin) == "types.UnionType":
+    if origin is typing.Union or origin is types.UnionType:
         if value is None and type(None) in args:
             return None
         errs = []
