@@ -90,8 +90,7 @@ def _fit_box(m: np.ndarray, hidden: np.ndarray, bbox, shape: str, touching: bool
         return (x0, y0, x1, y1), _masked_iou(t, sub, np.zeros_like(sub))
     best, best_iou = (x0, y0, x1, y1), -1.0
     n_m = int(m.sum())
-    hid = (hidden & ~m).astype(np.float32)
-    mf = m.astype(np.float32)
+    both = np.stack([m, hidden & ~m]).astype(np.float32)  # component, and pixels it could hide under
     s0 = max(w, h)
     for s in range(s0, int(s0 * 1.8) + 2):
         # every s x s window containing the bbox: top-left in [x1-s+1, x0] x [y1-s+1, y0], on canvas
@@ -101,8 +100,7 @@ def _fit_box(m: np.ndarray, hidden: np.ndarray, bbox, shape: str, touching: bool
             continue
         t = template(shape, s, s).astype(np.float32)
         reg = (slice(oy0, oy1 + s), slice(ox0, ox1 + s))
-        inter = np.tensordot(sliding_window_view(mf[reg], (s, s)), t, axes=2)
-        pen = np.tensordot(sliding_window_view(hid[reg], (s, s)), t, axes=2)
+        inter, pen = np.tensordot(sliding_window_view(both[(slice(None), *reg)], (s, s), axis=(1, 2)), t, axes=2)
         union = t.sum() + n_m - inter - (1 - HIDDEN_WEIGHT) * pen
         iou = np.where(union > 0, inter / np.maximum(union, 1e-9), 0.0)
         k = int(iou.argmax())

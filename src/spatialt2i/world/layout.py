@@ -167,20 +167,28 @@ def _candidates(scene: Scene, i: int, rng: np.random.Generator) -> np.ndarray:
 
 def _filter(scene: Scene, i: int, cand: np.ndarray, placed: dict[int, tuple[float, float]],
             depth_partners: set[int], rels: list[Relation], m: float) -> np.ndarray:
-    n = len(cand)
-    ok = np.ones(n, bool)
+    """The candidate centres for object i that keep every constraint with the placed objects.
+
+    Constraints are applied one after another on the shrinking set of survivors.
+    """
     hi = scene.objects[i].half
-    for j, (px, py) in placed.items():
-        hj = scene.objects[j].half
-        sep = np.maximum(np.abs(cand[:, 0] - px), np.abs(cand[:, 1] - py)) - (hi + hj)
-        ok &= (sep < -0.01) if j in depth_partners else (sep >= GAP)
+    if placed:
+        js = list(placed)
+        pos = np.array([placed[j] for j in js])
+        half = np.array([scene.objects[j].half for j in js])
+        sep = np.maximum(np.abs(cand[:, None, 0] - pos[None, :, 0]),
+                         np.abs(cand[:, None, 1] - pos[None, :, 1])) - (hi + half)
+        overlap = np.array([j in depth_partners for j in js])
+        cand = cand[np.where(overlap, sep < -0.01, sep >= GAP).all(1)]
     for r in rels:
+        if not len(cand):
+            break
         if r.kind == "between" and r.objects[0] != i:  # i is an end: leave room for the middle one
             other = [j for j in r.objects[1:] if j != i][0]
             if other in placed:
                 hm, ho = scene.objects[r.objects[0]].half, scene.objects[other].half
                 room = (hi + ho + 2 * hm + 2 * GAP) / 0.85
-                ok &= np.hypot(cand[:, 0] - placed[other][0], cand[:, 1] - placed[other][1]) >= room
+                cand = cand[np.hypot(cand[:, 0] - placed[other][0], cand[:, 1] - placed[other][1]) >= room]
         if r.kind in DEPTH_KINDS or not all(j == i or j in placed for j in r.objects):
             continue
         geo = []
@@ -189,8 +197,9 @@ def _filter(scene: Scene, i: int, cand: np.ndarray, placed: dict[int, tuple[floa
                 geo.append((cand[:, 0], cand[:, 1], 2 * hi))
             else:
                 geo.append((placed[j][0], placed[j][1], 2 * scene.objects[j].half))
-        ok &= np.asarray(G.box_relation(r.kind, geo, tuple(range(len(geo))), r.region, m), bool)
-    return cand[ok]
+        keep = np.asarray(G.box_relation(r.kind, geo, tuple(range(len(geo))), r.region, m), bool)
+        cand = cand[np.broadcast_to(keep, (len(cand),))]  # size relations do not depend on position
+    return cand
 
 
 def _depth_ok(scene: Scene, placed_scene: Scene, i: int, placed: dict, m: float) -> bool:
