@@ -13,7 +13,6 @@ For each prompt one image per seed, sampled with the ODE sampler (deterministic,
 from __future__ import annotations
 
 import json
-from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -39,38 +38,27 @@ def sample_images(gen: Any, prompts: Sequence[WorldPrompt], seeds: Sequence[int]
 
 def evaluate(gen: Any, prompts: Sequence[WorldPrompt], *, steps: int = 6, seed: int = 0,
              batch: int = 50, scorer: Any = None, return_images: bool = False) -> dict[str, Any]:
-    """Sample the held-out ``prompts`` (seed ``seed + i`` for prompt i) and score them."""
+    """Sample the held-out ``prompts`` (seed ``seed + i`` for prompt i) and score them.
+
+    The oracle figures are :func:`spatialt2i.gen.evaluate.summarize`'s; ``mean_reward`` is the
+    scorer's mean (SpatialScore's mu) or, without a scorer, the oracle's mean relation score.
+    """
+    from spatialt2i.gen.evaluate import summarize
     from spatialt2i.world.oracle import judge
     from spatialt2i.world.scene import Scene
 
     seeds = [seed + i for i in range(len(prompts))]
     with torch.no_grad():
         images = sample_images(gen, prompts, seeds, steps, batch)
-    per_kind: dict[str, list[bool]] = defaultdict(list)
-    oracle_scores, correct, presence, rel_all = [], [], [], []
-    for p, img in zip(prompts, images):
-        scene = Scene.from_json(p.scene)
-        v = judge(scene, img)
-        oracle_scores.append(v.score)
-        correct.append(v.all_correct)
-        presence.extend(v.present)
-        rel_all.extend(v.relations)
-        for r, ok in zip(scene.relations, v.relations):
-            per_kind[r.kind].append(ok)
+    scenes = [Scene.from_json(p.scene) for p in prompts]
+    verdicts = [judge(sc, img) for sc, img in zip(scenes, images)]
     if scorer is not None:
         rewards = scorer.score([p.text for p in prompts], images, [p.metadata for p in prompts])["reward"]
         mean_reward, reward_name = float(rewards.float().mean()), type(scorer).__name__
     else:
-        mean_reward, reward_name = float(np.mean(oracle_scores)), "oracle"
-    out: dict[str, Any] = {
-        "n_prompts": len(prompts),
-        "mean_reward": mean_reward,
-        "reward": reward_name,
-        "all_correct": float(np.mean(correct)),
-        "relation_accuracy": float(np.mean(rel_all)) if rel_all else float("nan"),
-        "presence": float(np.mean(presence)) if presence else float("nan"),
-        "per_relation": {k: {"accuracy": float(np.mean(v)), "n": len(v)} for k, v in sorted(per_kind.items())},
-    }
+        mean_reward, reward_name = float(np.mean([v.score for v in verdicts])), "oracle"
+    out: dict[str, Any] = {"n_prompts": len(prompts), "mean_reward": mean_reward, "reward": reward_name,
+                           **summarize(scenes, verdicts)}
     if return_images:
         out["images"] = images
     return out
