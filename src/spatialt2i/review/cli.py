@@ -95,25 +95,11 @@ def _service(args: argparse.Namespace, **kw):
     return ReviewService(args.dataset, db=args.db, **kw)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="spatialt2i review")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    sub.required = True
-    register({"review": sub})
-    return parser
-
-
 def main(argv: list[str] | None = None) -> int:
-    from ..errors import SpatialT2IError
+    """``python -m spatialt2i.review.cli ...`` is ``spatialt2i review ...``."""
+    from ..cli import main as cli_main
 
-    args = build_parser().parse_args(argv)
-    try:
-        return int(args.func(args) or 0)
-    except SpatialT2IError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 130
+    return cli_main(["review", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

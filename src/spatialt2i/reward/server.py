@@ -27,7 +27,6 @@ import binascii
 import io
 import logging
 import queue
-import socket
 import threading
 import time
 from concurrent.futures import Future
@@ -289,24 +288,11 @@ class RewardServer:
         return f"http://{self.host}:{self.port}"
 
     def start(self, timeout: float = 30.0) -> "RewardServer":
-        import uvicorn
+        from ..threaded_server import start_in_thread
 
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((self.host, self.port))
-        self.port = sock.getsockname()[1]
         self.app = build_app(self.model, self.settings)
-        cfg = uvicorn.Config(self.app, log_level="warning", access_log=False, backlog=2048)
-        self._server = uvicorn.Server(cfg)
-        self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [sock]}, daemon=True,
-                                        name=f"reward-server-{self.port}")
-        self._thread.start()
-        deadline = time.monotonic() + timeout
-        while not self._server.started:
-            if not self._thread.is_alive() or time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"reward server on {self.host}:{self.port} did not start")
-            time.sleep(0.01)
+        self._server, self._thread, self.port = start_in_thread(self.app, self.host, self.port, "reward-server",
+                                                                timeout, backlog=2048)
         return self
 
     def stop(self) -> None:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import base64
 import io
-import socket
 import threading
 import time
 import uuid
@@ -131,24 +130,11 @@ class ChatServer:
         return f"http://{self.host}:{self.port}/v1"
 
     def start(self, timeout: float = 20.0) -> ChatServer:
-        import uvicorn
+        from ..threaded_server import start_in_thread
 
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((self.host, 0))
-        self.port = sock.getsockname()[1]
         app = build_app(self.handler, self.model, self.requests)
-        config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off")
-        self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [sock]},
-                                        name=f"chat-server-{self.port}", daemon=True)
-        self._thread.start()
-        deadline = time.monotonic() + timeout
-        while not self._server.started:
-            if not self._thread.is_alive() or time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"chat server on {self.host}:{self.port} did not start")
-            time.sleep(0.01)
+        self._server, self._thread, self.port = start_in_thread(app, self.host, 0, "chat-server", timeout,
+                                                                lifespan="off")
         return self
 
     def stop(self) -> None:
