@@ -21,6 +21,7 @@ import numpy as np
 
 from ..errors import UnsatisfiableSceneError
 from ..world import geometry as G
+from ..world.feasible import may_solve
 from ..world.layout import DEPTH_KINDS, GAP, prepare, solve
 from ..world.scene import Obj, Relation, Scene
 from ..world.text import relation_text
@@ -132,9 +133,11 @@ def _relayout(scene: Scene, target: Scene, idx: list[int], rng: np.random.Genera
         if not free:
             if any(target.relations[i].kind not in (*DEPTH_KINDS, "bigger", "smaller") for i in idx):
                 continue
+        fixed = [j for j in range(n) if j not in free]
+        if len(free) >= 2 and not may_solve(target, fixed):  # one free object: the solve fails as fast
+            continue
         try:
-            out = solve(target, rng, fixed=[j for j in range(n) if j not in free], restarts=1 if len(free) <= 1 else 2,
-                        prepared=True)
+            out = solve(target, rng, fixed=fixed, restarts=1 if len(free) <= 1 else 2, prepared=True)
         except UnsatisfiableSceneError:
             continue
         if layout_ok(out) and all(i in breaks(scene, out) for i in idx):

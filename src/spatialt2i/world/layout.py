@@ -18,6 +18,8 @@ from scipy import ndimage
 
 from ..errors import UnsatisfiableSceneError
 from . import geometry as G
+from . import offsets as O
+from .offsets import GRID
 from .render import full_mask
 from .scene import Obj, Relation, Scene
 from .truth import LAYOUT_RES, relation_holds
@@ -148,9 +150,6 @@ def _partners(scene: Scene, i: int) -> tuple[set[int], list[Relation]]:
     return depth_partners, rels
 
 
-GRID = 64  # candidate centres: the pixel-centre grid of a 64 x 64 canvas
-
-
 @lru_cache(maxsize=64)
 def _axis(half: float) -> np.ndarray:
     """Grid coordinates along one axis where an object of half-side ``half`` fits on the canvas."""
@@ -188,37 +187,81 @@ def clearance_mask(axis: np.ndarray, hi: float, pos: np.ndarray, half: np.ndarra
     return both.all(0)
 
 
+@lru_cache(maxsize=256)
+def _at_mask(region: str, half: float, m: float) -> np.ndarray:
+    """(L, L) bool over the candidate grid of an object of half-side ``half``: centres ``at`` region."""
+    g = _grid(half)
+    keep = np.asarray(G.box_relation("at", [(g[:, 0], g[:, 1], 2 * half)], (0,), region, m), bool)
+    keep = keep.reshape(len(_axis(half)), -1)
+    keep.setflags(write=False)
+    return keep
+
+
 def _filter(scene: Scene, i: int, placed: dict[int, tuple[float, float]],
             depth_partners: set[int], rels: list[Relation], m: float) -> np.ndarray:
     """The grid centres where object i fits on the canvas and keeps every constraint with the
-    placed objects. Clearances are one grid mask; relations are applied one after another on the
-    shrinking set of survivors.
+    placed objects, in grid order.
+
+    Placements and the clearances and rules of object i with one placed object are grid masks
+    (read off ``world.offsets`` for grid-centred objects: exact); the rest (three-object rules,
+    off-grid objects' rules) is applied afterwards on the surviving centres.
     """
-    hi = scene.objects[i].half
-    cand = _grid(hi)
-    if placed:
-        js = list(placed)
-        pos = np.array([placed[j] for j in js])
-        half = np.array([scene.objects[j].half for j in js])
-        overlap = np.array([j in depth_partners for j in js])
-        cand = cand[clearance_mask(_axis(hi), hi, pos, half, overlap).ravel()]
+    objs = scene.objects
+    hi = objs[i].half
+    axis = _axis(hi)
+    n, first = len(axis), int(round(axis[0] * GRID - 0.5)) if len(axis) else 0
+    mask = np.ones((n, n), bool)
+    off_grid = []
+    for j, (x, y) in placed.items():
+        cell = O.grid_cell(x, y)
+        if cell is None:
+            off_grid.append(j)
+        else:
+            mask &= O.window(O.clear_rule(hi, objs[j].half, j in depth_partners, GAP), first, n, cell)
+    if off_grid:
+        pos = np.array([placed[j] for j in off_grid])
+        half = np.array([objs[j].half for j in off_grid])
+        overlap = np.array([j in depth_partners for j in off_grid])
+        mask &= clearance_mask(axis, hi, pos, half, overlap)
+    later: list[tuple[Relation, float | None]] = []  # (relation, room) applied to survivors
     for r in rels:
-        if not len(cand):
-            break
         if r.kind == "between" and r.objects[0] != i:  # i is an end: leave room for the middle one
             other = [j for j in r.objects[1:] if j != i][0]
             if other in placed:
-                hm, ho = scene.objects[r.objects[0]].half, scene.objects[other].half
-                room = (hi + ho + 2 * hm + 2 * GAP) / 0.85
-                cand = cand[np.hypot(cand[:, 0] - placed[other][0], cand[:, 1] - placed[other][1]) >= room]
+                room = (hi + objs[other].half + 2 * objs[r.objects[0]].half + 2 * GAP) / 0.85
+                cell = O.grid_cell(*placed[other])
+                if cell is None:
+                    later.append((r, room))
+                else:
+                    mask &= O.window(O.room_rule(room), first, n, cell)
         if r.kind in DEPTH_KINDS or not all(j == i or j in placed for j in r.objects):
+            continue
+        if r.kind == "at":
+            mask &= _at_mask(r.region, hi, m)
+        elif len(r.objects) == 2:
+            j = r.objects[1] if r.objects[0] == i else r.objects[0]
+            cell = O.grid_cell(*placed[j])
+            if cell is None:
+                later.append((r, None))
+            else:
+                rule = O.pair_rule(r.kind, r.region, r.objects[0] == i, hi, objs[j].half, m)
+                mask &= O.window(rule, first, n, cell)
+        else:
+            later.append((r, None))
+    cand = _grid(hi)[mask.ravel()]
+    for r, room in later:
+        if not len(cand):
+            break
+        if room is not None:
+            other = [j for j in r.objects[1:] if j != i][0]
+            cand = cand[np.hypot(cand[:, 0] - placed[other][0], cand[:, 1] - placed[other][1]) >= room]
             continue
         geo = []
         for j in r.objects:
             if j == i:
                 geo.append((cand[:, 0], cand[:, 1], 2 * hi))
             else:
-                geo.append((placed[j][0], placed[j][1], 2 * scene.objects[j].half))
+                geo.append((placed[j][0], placed[j][1], 2 * objs[j].half))
         keep = np.asarray(G.box_relation(r.kind, geo, tuple(range(len(geo))), r.region, m), bool)
         cand = cand[np.broadcast_to(keep, (len(cand),))]  # size relations do not depend on position
     return cand

@@ -1,0 +1,87 @@
+"""A cheap necessary test for re-layouts that move several objects while the rest stay put.
+
+Every free object can only land on a grid centre that keeps its constraints with the fixed objects
+(its *own* candidate set, the solver's filter with nothing else free). Two free objects ``a`` and
+``b`` then also need one candidate each whose offset ``a - b`` satisfies everything the solver asks
+of the pair: clearance (or overlap for an occlusion), their two-object relations, and the room a
+"between" leaves for its middle. Grid centres are exact dyadic fractions, so offsets are exact too
+and the offset rules (``world.offsets``) give exactly the solver's answers; the reachable offsets
+come from every difference of the two candidate sets (or an FFT cross-correlation for large sets).
+When no pair of offsets works, no solve can succeed (depth rasters and three-object rules only
+remove more), so the caller can skip the solve.
+"""
+
+from __future__ import annotations
+
+from itertools import combinations
+from typing import Iterable
+
+import numpy as np
+import scipy.fft as sfft
+
+from . import offsets as O
+from .layout import DEPTH_KINDS, GAP, _filter, _partners
+from .offsets import GRID, SPAN
+from .scene import Scene
+
+FFT_SIDE = 2 * GRID  # offsets -63..63 fit a 128-periodic correlation without wrapping onto each other
+DIRECT_MAX = 40_000  # candidate pairs up to which offsets are listed directly rather than by FFT
+_NATURAL = (np.arange(SPAN) - (GRID - 1)) % FFT_SIDE  # FFT index of each offset -63..63
+
+
+def _cells(cand: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Grid cell (row, column) of each candidate centre (centres are (k + 0.5) / GRID)."""
+    k = np.rint(cand * GRID - 0.5).astype(np.int64)
+    return k[:, 1], k[:, 0]
+
+
+def reaches(cand_a: np.ndarray, cand_b: np.ndarray, ok: np.ndarray) -> bool:
+    """Whether some a in ``cand_a`` and b in ``cand_b`` (grid centres) have an offset a - b that
+    ``ok`` ((SPAN, SPAN) bool, rows dy, columns dx) allows.
+
+    Small sets: every difference directly; large ones: an FFT cross-correlation of the two sets.
+    """
+    (ya, xa), (yb, xb) = _cells(cand_a), _cells(cand_b)
+    if len(ya) * len(yb) <= DIRECT_MAX:
+        flat = (ya[:, None] - yb[None, :] + GRID - 1) * SPAN + (xa[:, None] - xb[None, :] + GRID - 1)
+        return bool(ok.ravel()[flat].any())
+    ia, ib = np.zeros((FFT_SIDE, FFT_SIDE)), np.zeros((FFT_SIDE, FFT_SIDE))
+    ia[ya, xa] = 1.0
+    ib[yb, xb] = 1.0
+    corr = sfft.irfft2(sfft.rfft2(ia) * np.conj(sfft.rfft2(ib)), s=(FFT_SIDE, FFT_SIDE))  # [d] = #(a - b = d)
+    return bool((ok & (corr[np.ix_(_NATURAL, _NATURAL)] > 0.5)).any())
+
+
+def pair_offsets(scene: Scene, a: int, b: int, m: float) -> np.ndarray:
+    """(SPAN, SPAN) bool: offsets a - b that the solver accepts for two objects placed on the grid:
+    clearance (overlap for an occlusion), their two-object relations, the room of a "between"."""
+    objs = scene.objects
+    ha, hb = objs[a].half, objs[b].half
+    occlude = any(r.kind in DEPTH_KINDS and set(r.objects) == {a, b} for r in scene.relations)
+    ok = O.clear_rule(ha, hb, occlude, GAP)
+    for r in scene.relations:
+        if set(r.objects) == {a, b} and r.kind not in DEPTH_KINDS:
+            ok = ok & O.pair_rule(r.kind, r.region, r.objects[0] == a, ha, hb, m)
+        elif r.kind == "between" and set(r.objects[1:]) == {a, b}:
+            ok = ok & O.room_rule((ha + hb + 2 * objs[r.objects[0]].half + 2 * GAP) / 0.85)
+    return ok
+
+
+def may_solve(scene: Scene, fixed: Iterable[int], margin: float = 1.0) -> bool:
+    """False only when no ``solve(scene, fixed=fixed, margin=margin)`` can succeed.
+
+    ``scene`` is prepared (as ``solve(..., prepared=True)`` takes it) and its fixed objects placed.
+    """
+    fixed = set(fixed)
+    free = [i for i in range(len(scene.objects)) if i not in fixed]
+    placed = {j: (scene.objects[j].x, scene.objects[j].y) for j in fixed}
+    cand = {}
+    for i in free:
+        depth_partners, rels = _partners(scene, i)
+        cand[i] = _filter(scene, i, placed, depth_partners, rels, margin)
+        if not len(cand[i]):
+            return False
+    for a, b in combinations(free, 2):
+        if not reaches(cand[a], cand[b], pair_offsets(scene, a, b, margin)):
+            return False
+    return True
