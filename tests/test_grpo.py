@@ -189,6 +189,36 @@ def test_saved_lora_loads_with_flux_pipeline_load_lora_weights(tiny_dir: Path, t
     torch.testing.assert_close(v_loaded, v_trained, rtol=1e-5, atol=1e-6)  # alpha != rank honoured
 
 
+def test_merged_lora_linear_matches_peft_forward_and_gradients(tiny_dir: Path) -> None:
+    from peft.tuners.lora import Linear as LoraLinear
+
+    from spatialt2i.rl.lora import adapter_disabled, add_lora
+
+    gen = FluxGenerator.from_pretrained(tiny_dir, height=64, width=64, max_sequence_length=32)
+    add_lora(gen.transformer, 4, 8, ["to_q", "to_k", "to_v", "to_out.0"], seed=0)
+    layers = [m for m in gen.transformer.modules() if isinstance(m, LoraLinear)]
+    assert layers and all(type(m) is not LoraLinear for m in layers)  # all take the merged path
+    m = layers[0]
+    a, b = m.lora_A["default"].weight, m.lora_B["default"].weight
+    with torch.no_grad():
+        b.normal_()
+    x = torch.randn(3, 5, m.in_features)
+    runs = []
+    for forward in (m.forward, lambda t: LoraLinear.forward(m, t)):  # merged, then peft's own
+        out = forward(x)
+        out.square().sum().backward()
+        runs.append((out.detach(), a.grad.clone(), b.grad.clone()))
+        a.grad = b.grad = None
+    for got, want in zip(*runs):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+    with torch.no_grad(), adapter_disabled(gen.transformer):
+        torch.testing.assert_close(m(x), m.base_layer(x), rtol=0, atol=0)
+    # with LoRA dropout the adapter cannot be folded into the weight: peft's forward stays
+    gen2 = FluxGenerator.from_pretrained(tiny_dir, height=64, width=64, max_sequence_length=32)
+    add_lora(gen2.transformer, 4, 8, ["to_q"], dropout=0.1, seed=0)
+    assert any(type(m) is LoraLinear for m in gen2.transformer.modules())
+
+
 # ---------------------------------------------------------------- rewards
 
 

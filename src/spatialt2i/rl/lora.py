@@ -5,10 +5,16 @@
 ``FluxPipeline.load_lora_weights(DIR)`` loads it on any Flux pipeline, FLUX.1-dev or the world's.
 :func:`load_lora_into` puts such a file back into a transformer that already has the adapter
 (resume), :func:`load_lora_pipeline` into a plain pipeline (benchmarks).
+
+Without LoRA dropout every adapted linear computes ``x @ (W + s * B @ A)^T + bias``: one matmul
+per layer instead of three plus a scale and an add. The merged weight is rebuilt on each call
+(a rank-r product, tiny next to the activations), so sampling under ``no_grad`` and training
+replay with gradients run the very same arithmetic and the gradients reach ``A`` and ``B``.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -16,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 from spatialt2i.errors import SpatialT2IError
 
@@ -45,10 +52,36 @@ def add_lora(transformer: torch.nn.Module, rank: int, alpha: float, targets: lis
             transformer.add_adapter(cfg, adapter_name=ADAPTER)
     except ValueError as e:
         raise LoraLoadError(f"lora.targets {targets}: {e}") from e
+    if dropout == 0:
+        merged = _merged_lora_linear_class()
+        for m in transformer.modules():
+            if (type(m) is merged.__base__ and isinstance(m.base_layer, torch.nn.Linear)
+                    and not m.fan_in_fan_out and not m.lora_variant):
+                m.__class__ = merged
     params = [p for n, p in transformer.named_parameters() if "lora_" in n]
     for p in params:
         p.requires_grad_(True)
     return params
+
+
+@functools.cache
+def _merged_lora_linear_class() -> type:
+    from peft.tuners.lora import Linear as LoraLinear
+
+    class MergedLoraLinear(LoraLinear):
+        """peft's LoRA linear with the adapter folded into the weight on each call (no dropout)."""
+
+        def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+            if self.disable_adapters or self.merged or args or kwargs:
+                return super().forward(x, *args, **kwargs)
+            base = self.base_layer
+            w = base.weight
+            for name in self.active_adapters:
+                if name in self.lora_A:
+                    w = w + (self.lora_B[name].weight @ self.lora_A[name].weight) * self.scaling[name]
+            return F.linear(x, w, base.bias)
+
+    return MergedLoraLinear
 
 
 def lora_state_dict(transformer: torch.nn.Module) -> dict[str, torch.Tensor]:
