@@ -39,9 +39,16 @@ def reaches(cand_a: np.ndarray, cand_b: np.ndarray, ok: np.ndarray) -> bool:
     """Whether some a in ``cand_a`` and b in ``cand_b`` (grid centres) have an offset a - b that
     ``ok`` ((SPAN, SPAN) bool, rows dy, columns dx) allows.
 
-    Small sets: every difference directly; large ones: an FFT cross-correlation of the two sets.
+    First the box of all offsets the two sets' bounding boxes allow (rules out most pairs at once);
+    then, for small sets, every difference; for large ones, an FFT cross-correlation of the sets.
     """
     (ya, xa), (yb, xb) = _cells(cand_a), _cells(cand_b)
+    if not len(ya) or not len(yb):
+        return False
+    c = GRID - 1
+    if not ok[ya.min() - yb.max() + c: ya.max() - yb.min() + c + 1,
+              xa.min() - xb.max() + c: xa.max() - xb.min() + c + 1].any():
+        return False
     if len(ya) * len(yb) <= DIRECT_MAX:
         flat = (ya[:, None] - yb[None, :] + GRID - 1) * SPAN + (xa[:, None] - xb[None, :] + GRID - 1)
         return bool(ok.ravel()[flat].any())
