@@ -13,6 +13,7 @@ The best-fitting candidate that passes is the detection; none passing means "abs
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 from PIL import Image
@@ -110,10 +111,23 @@ def _fit_box(m: np.ndarray, hidden: np.ndarray, bbox, shape: str, touching: bool
     return best, best_iou
 
 
+@lru_cache(maxsize=4096)
+def _templates(w: int, h: int) -> np.ndarray:
+    """(len(SHAPES), h, w) bool: every shape's template for a w x h box (read-only)."""
+    t = np.stack([template(s, w, h) for s in SHAPES])
+    t.setflags(write=False)
+    return t
+
+
 def _shape_scores(m: np.ndarray, hidden: np.ndarray, box) -> dict[str, float]:
+    """``_masked_iou`` of every shape's template at ``box``, all shapes in one pass."""
     x0, y0, x1, y1 = box
     sub, hid = m[y0:y1 + 1, x0:x1 + 1], hidden[y0:y1 + 1, x0:x1 + 1]
-    return {s: _masked_iou(template(s, x1 - x0 + 1, y1 - y0 + 1), sub, hid) for s in SHAPES}
+    t = _templates(x1 - x0 + 1, y1 - y0 + 1)
+    inter = (t & sub).sum((1, 2))
+    union = (t | sub).sum((1, 2)) - (1 - HIDDEN_WEIGHT) * (t & ~sub & hid).sum((1, 2))
+    iou = np.divide(inter, union, out=np.zeros(len(SHAPES)), where=union != 0)
+    return dict(zip(SHAPES, iou.tolist()))
 
 
 def _touches(m: np.ndarray, others: np.ndarray, ys: slice, xs: slice) -> bool:

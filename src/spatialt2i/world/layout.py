@@ -136,8 +136,7 @@ def assign_depths(scene: Scene) -> Scene:
         else:  # pragma: no cover - cycles are rejected by check_consistency
             raise UnsatisfiableSceneError("occlusion relations form a cycle")
     depth = {i: d for d, i in enumerate(order)}
-    return scene.with_objects([Obj(o.shape, o.colour, o.size, o.x, o.y, depth[i])
-                               for i, o in enumerate(scene.objects)])
+    return scene.moved([Obj(o.shape, o.colour, o.size, o.x, o.y, depth[i]) for i, o in enumerate(scene.objects)])
 
 
 def _partners(scene: Scene, i: int) -> tuple[set[int], list[Relation]]:
@@ -330,7 +329,7 @@ def solve(scene: Scene, seed: int | np.random.Generator = 0, fixed: Iterable[int
                 objs[i] = scene.objects[i].at(x, y)
                 trial_placed = dict(placed)
                 trial_placed[i] = (x, y)
-                if not depth_partners or _depth_ok(scene, scene.with_objects(
+                if not depth_partners or _depth_ok(scene, scene.moved(
                         [o if (o.placed and j in trial_placed) else o.at(0.5, 0.5)
                          for j, o in enumerate(objs)]), i, trial_placed, margin):
                     chosen = (x, y)
@@ -340,7 +339,7 @@ def solve(scene: Scene, seed: int | np.random.Generator = 0, fixed: Iterable[int
                 break
             placed[i] = chosen
         if success:
-            out = scene.with_objects(objs)
+            out = scene.moved(objs)
             moved = set(free)  # relations among fixed objects keep holding, occlusions may re-order
             if all(relation_holds(out, r, margin) for r in out.relations
                    if r.kind in DEPTH_KINDS or moved.intersection(r.objects)):

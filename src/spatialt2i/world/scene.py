@@ -66,6 +66,14 @@ class Scene:
     def with_relations(self, relations: Sequence[Relation]) -> "Scene":
         return Scene(self.objects, tuple(relations))
 
+    def moved(self, objects: Sequence[Obj]) -> "Scene":
+        """``with_objects`` for the solver's hot loop, without re-validating: ``objects`` must be this
+        scene's objects with only positions on the canvas and draw orders changed."""
+        out = object.__new__(Scene)
+        object.__setattr__(out, "objects", tuple(objects))
+        object.__setattr__(out, "relations", self.relations)
+        return out
+
     def to_dict(self) -> dict[str, Any]:
         objs = []
         for o in self.objects:
