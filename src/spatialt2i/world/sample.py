@@ -122,25 +122,28 @@ def _state(rel: Relation, rng: np.random.Generator) -> Relation:
 
 def choose_relations(candidates: list[Relation], k: int, planted: list[Relation], rng: np.random.Generator,
                      weights: dict[str, float]) -> list[Relation]:
-    pool = list(candidates)
+    def key(r: Relation) -> frozenset:  # at most one relation per group and set of objects
+        return frozenset(r.objects) | {GROUP_OF[r.kind]}
+
+    pool = [(r, key(r), GROUP_OF[r.kind]) for r in candidates]
     chosen: list[Relation] = []
     used_pairs: set[frozenset] = set()
 
     def take(r: Relation) -> None:
         chosen.append(r)
-        used_pairs.add(frozenset(r.objects) | {GROUP_OF[r.kind]})
+        used_pairs.add(key(r))
 
     for r in planted:
-        if r in pool and rng.random() < 0.85 and len(chosen) < k:
+        if r in candidates and rng.random() < 0.85 and len(chosen) < k:
             take(r)
     while len(chosen) < k:
-        pool = [r for r in pool if r not in chosen and (frozenset(r.objects) | {GROUP_OF[r.kind]}) not in used_pairs]
+        pool = [p for p in pool if p[1] not in used_pairs]  # a chosen relation's key is used
         if not pool:
             break
-        groups = sorted({GROUP_OF[r.kind] for r in pool})
+        groups = sorted({g for _, _, g in pool})
         w = np.array([weights.get(g, 0.0) for g in groups]) + 1e-9
         g = groups[int(rng.choice(len(groups), p=w / w.sum()))]
-        opts = [r for r in pool if GROUP_OF[r.kind] == g]
+        opts = [r for r, _, gr in pool if gr == g]
         # prefer relations naming objects not yet mentioned
         mentioned = {j for r in chosen for j in r.objects}
         fresh = [r for r in opts if set(r.objects) - mentioned]
