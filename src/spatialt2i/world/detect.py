@@ -18,7 +18,7 @@ from functools import lru_cache
 import numpy as np
 from PIL import Image
 from scipy import ndimage
-from numpy.lib.stride_tricks import sliding_window_view
+from numpy.lib.stride_tricks import as_strided
 
 from .render import template
 from .vocab import BACKGROUND, COLOURS, SHAPES
@@ -75,6 +75,25 @@ def _masked_iou(t: np.ndarray, m: np.ndarray, hidden: np.ndarray) -> float:
     return float(inter / union) if union else 0.0
 
 
+@lru_cache(maxsize=4096)
+def _flat_template(shape: str, s: int) -> tuple[np.ndarray, np.float32]:
+    """The s x s template of ``shape`` as a flat float32 vector (read-only) and its pixel count."""
+    t = template(shape, s, s).astype(np.float32)
+    flat = t.ravel()
+    flat.setflags(write=False)
+    return flat, t.sum()
+
+
+def _window_sums(planes: np.ndarray, s: int, t: np.ndarray) -> np.ndarray:
+    """(P, ny, nx): for each plane of ``planes`` (P, ny + s - 1, nx + s - 1) and each s x s window,
+    the sum of the window weighted by the flat template ``t`` (exact: 0/1 sums below 2^24)."""
+    P, Y, X = planes.shape
+    ny, nx = Y - s + 1, X - s + 1
+    sp, sy, sx = planes.strides
+    win = as_strided(planes, (P, ny, nx, s, s), (sp, sy, sx, sy, sx), writeable=False)
+    return (win.reshape(P * ny * nx, s * s) @ t).reshape(P, ny, nx)
+
+
 def _fit_box(m: np.ndarray, hidden: np.ndarray, bbox, shape: str, touching: bool, shape_hw):
     """Best square box for component mask ``m`` (canvas-sized bool) and its masked IoU."""
     x0, y0, x1, y1 = bbox
@@ -99,10 +118,9 @@ def _fit_box(m: np.ndarray, hidden: np.ndarray, bbox, shape: str, touching: bool
         ox1, oy1 = min(x0, W - s), min(y0, H - s)
         if ox1 < ox0 or oy1 < oy0:
             continue
-        t = template(shape, s, s).astype(np.float32)
-        reg = (slice(oy0, oy1 + s), slice(ox0, ox1 + s))
-        inter, pen = np.tensordot(sliding_window_view(both[(slice(None), *reg)], (s, s), axis=(1, 2)), t, axes=2)
-        union = t.sum() + n_m - inter - (1 - HIDDEN_WEIGHT) * pen
+        t, t_sum = _flat_template(shape, s)
+        inter, pen = _window_sums(both[:, oy0:oy1 + s, ox0:ox1 + s], s, t)
+        union = t_sum + n_m - inter - (1 - HIDDEN_WEIGHT) * pen
         iou = np.where(union > 0, inter / np.maximum(union, 1e-9), 0.0)
         k = int(iou.argmax())
         if iou.flat[k] > best_iou + 1e-9:
