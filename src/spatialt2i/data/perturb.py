@@ -156,7 +156,7 @@ def _flip_one(scene: Scene, rng: np.random.Generator, exclude: set[int], attempt
         i = int(i)
         rels = list(scene.relations)
         rels[i] = flip_relation(rels[i])
-        out = _relayout(scene, scene.with_relations(rels), [i], rng)
+        out = _relayout(scene, scene.restated(rels), [i], rng)
         if out is not None:
             return out, i
     return None

@@ -92,9 +92,9 @@ def true_relations(scene: Scene, m: float = 1.0) -> list[Relation]:
         r = Relation("in_front_of", (int(a), int(b)))
         if relation_holds(scene, r, m, bx):
             out.append(r)
-    for reg in REGIONS:
-        hold = G.at(tuple(bx[:, k] for k in range(3)), reg, m)
-        out += [Relation("at", (int(a),), reg) for a in np.nonzero(hold)[0]]
+    cx, cy = G.region_of(bx[:, 0], bx[:, 1], m)  # G.at, with each centre's cell found once
+    for reg, (col, row) in REGIONS.items():
+        out += [Relation("at", (int(a),), reg) for a in np.nonzero((cx == col) & (cy == row))[0]]
     if n >= 3:
         a, b, c = np.array([(a, b, c) for a in range(n) for b, c in combinations([j for j in range(n) if j != a], 2)]).T
         hold = G.between(tuple(bx[a, k] for k in range(3)), tuple(bx[b, k] for k in range(3)),

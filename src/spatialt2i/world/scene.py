@@ -69,10 +69,12 @@ class Scene:
     def moved(self, objects: Sequence[Obj]) -> "Scene":
         """``with_objects`` for the solver's hot loop, without re-validating: ``objects`` must be this
         scene's objects with only positions on the canvas and draw orders changed."""
-        out = object.__new__(Scene)
-        object.__setattr__(out, "objects", tuple(objects))
-        object.__setattr__(out, "relations", self.relations)
-        return out
+        return _trusted(tuple(objects), self.relations)
+
+    def restated(self, relations: Sequence[Relation]) -> "Scene":
+        """``with_relations`` without re-validating, for relations known valid for these objects
+        (e.g. a valid relation flipped: same objects, a region for every "at")."""
+        return _trusted(self.objects, tuple(relations))
 
     def to_dict(self) -> dict[str, Any]:
         objs = []
@@ -126,6 +128,14 @@ class Scene:
         except json.JSONDecodeError as e:
             raise SpecError(f"{where}: not valid JSON ({e})") from None
         return cls.from_dict(d, where)
+
+
+def _trusted(objects: tuple[Obj, ...], relations: tuple[Relation, ...]) -> Scene:
+    """A Scene built without ``validate`` (callers guarantee what it would check)."""
+    out = object.__new__(Scene)
+    object.__setattr__(out, "objects", objects)
+    object.__setattr__(out, "relations", relations)
+    return out
 
 
 def validate(scene: Scene) -> None:
