@@ -162,6 +162,27 @@ def test_forward_is_deterministic(gen: FluxGenerator) -> None:
     assert torch.equal(a, b) and a.dtype == torch.float32
 
 
+def test_forward_matches_the_diffusers_transformer_values_and_gradients(gen: FluxGenerator) -> None:
+    # gen.forward runs the last single block for the image tokens only and caches the rotary
+    emb = gen.encode_prompts(PROMPTS)
+    x = gen.initial_noise(SEEDS)
+    t = torch.tensor([0.9, 0.4])
+    params = [p for p in gen.transformer.parameters() if p.requires_grad]
+    runs = []
+    for ours in (True, False):
+        if ours:
+            v = gen.forward(x, t, emb.prompt_embeds, emb.pooled, 2.0)
+        else:
+            v = gen.transformer(hidden_states=x, timestep=t, guidance=torch.full((2,), 2.0),
+                                pooled_projections=emb.pooled, encoder_hidden_states=emb.prompt_embeds,
+                                txt_ids=gen.txt_ids(MSL), img_ids=gen.img_ids(), return_dict=False)[0]
+        grads = torch.autograd.grad(v.square().mean(), params, allow_unused=True)
+        runs.append([v.detach()] + [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)])
+    for got, want in zip(*runs):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
+    assert runs[0][0].abs().max() > 0.1
+
+
 def test_prompt_cache_encodes_each_prompt_once(gen: FluxGenerator, monkeypatch: pytest.MonkeyPatch) -> None:
     gen.clear_prompt_cache()
     calls: list[list[str]] = []

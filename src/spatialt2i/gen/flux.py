@@ -120,6 +120,37 @@ def image_ids(grid_height: int, grid_width: int, device: torch.device | str = "c
     return ids.reshape(grid_height * grid_width, 3).to(device=device, dtype=dtype)
 
 
+def _image_tokens_single_block(block: torch.nn.Module, hidden: torch.Tensor, enc: torch.Tensor,
+                               temb: torch.Tensor, rope: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    """``block(hidden, enc, temb, rope)[1]`` of a ``FluxSingleTransformerBlock``, image tokens only.
+
+    Used for the last single block, whose text-token outputs the model discards: the text tokens
+    enter as keys and values only, so their queries, attention rows, MLP and output projection
+    (two thirds of the block at 128 text + 64 image tokens) are skipped. Same values as the full
+    block up to float rounding; blocks with a non-default attention processor run in full.
+    """
+    from diffusers.models.attention_dispatch import dispatch_attention_fn
+    from diffusers.models.embeddings import apply_rotary_emb
+    from diffusers.models.transformers.transformer_flux import FluxAttnProcessor
+
+    attn = block.attn
+    if type(attn.processor) is not FluxAttnProcessor:
+        return block(hidden_states=hidden, encoder_hidden_states=enc, temb=temb, image_rotary_emb=rope)[1]
+    n_txt = enc.shape[1]
+    norm, gate = block.norm(torch.cat([enc, hidden], dim=1), emb=temb)
+    img = norm[:, n_txt:]
+    q = attn.norm_q(attn.to_q(img).unflatten(-1, (-1, attn.head_dim)))
+    k = attn.norm_k(attn.to_k(norm).unflatten(-1, (-1, attn.head_dim)))
+    v = attn.to_v(norm).unflatten(-1, (-1, attn.head_dim))
+    q = apply_rotary_emb(q, tuple(r[n_txt:] for r in rope), sequence_dim=1)
+    k = apply_rotary_emb(k, rope, sequence_dim=1)
+    o = dispatch_attention_fn(q, k, v, backend=attn.processor._attention_backend,
+                              parallel_config=attn.processor._parallel_config)
+    o = o.flatten(2, 3).to(q.dtype)
+    out = hidden + gate.unsqueeze(1) * block.proj_out(torch.cat([o, block.act_mlp(block.proj_mlp(img))], dim=2))
+    return out.clip(-65504, 65504) if out.dtype == torch.float16 else out
+
+
 def _looks_like_hub_id(name: str) -> bool:
     return bool(re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", name)) and not name.startswith((".", "~"))
 
@@ -347,16 +378,49 @@ class FluxGenerator:
             pool = torch.cat([pool, negative.pooled.to(dt)])
             t = torch.cat([t, t])
             g = None if g is None else torch.cat([g, g])
-        out = self.transformer(
-            hidden_states=x, timestep=t, guidance=g, pooled_projections=pool,
-            encoder_hidden_states=enc, txt_ids=self.txt_ids(enc.shape[1]),
-            img_ids=self.img_ids(height, width), return_dict=False)[0]
+        out = self._transformer(x, t, g, pool, enc, height, width)
         if cfg:
             pos, neg = out.float().chunk(2)
             return neg + scale * (pos - neg)
         return out.float()
 
     __call__ = forward
+
+    def rotary(self, text_len: int, height: int | None = None, width: int | None = None) -> tuple[torch.Tensor, ...]:
+        """The transformer's rotary (cos, sin) for ``text_len`` text tokens and the image tokens (cached)."""
+        lh, lw = self.latent_size(height, width)
+        key = ("rope", text_len, lh, lw, self.device, self.dtype)
+        if key not in self._ids:
+            ids = torch.cat([self.txt_ids(text_len), self.img_ids(height, width)])
+            with torch.no_grad():
+                self._ids[key] = tuple(self.transformer.pos_embed(ids))
+        return self._ids[key]
+
+    def _transformer(self, x: torch.Tensor, t: torch.Tensor, g: torch.Tensor | None, pool: torch.Tensor,
+                     enc: torch.Tensor, height: int | None, width: int | None) -> torch.Tensor:
+        """``FluxTransformer2DModel.forward`` (no ControlNet / IP-adapter inputs) with two savings.
+
+        The rotary embedding is cached per shape, and the last single block runs for the image
+        tokens only (:func:`_image_tokens_single_block`): the model drops its text tokens' outputs.
+        """
+        tr = self.transformer
+        if tr.gradient_checkpointing or not tr.single_transformer_blocks:
+            return tr(hidden_states=x, timestep=t, guidance=g, pooled_projections=pool, encoder_hidden_states=enc,
+                      txt_ids=self.txt_ids(enc.shape[1]), img_ids=self.img_ids(height, width),
+                      return_dict=False)[0]
+        h = tr.x_embedder(x)
+        t = t.to(h.dtype) * 1000
+        temb = (tr.time_text_embed(t, pool) if g is None
+                else tr.time_text_embed(t, g.to(h.dtype) * 1000, pool))
+        e = tr.context_embedder(enc)
+        rope = self.rotary(enc.shape[1], height, width)
+        for block in tr.transformer_blocks:
+            e, h = block(hidden_states=h, encoder_hidden_states=e, temb=temb, image_rotary_emb=rope)
+        *first, last = tr.single_transformer_blocks
+        for block in first:
+            e, h = block(hidden_states=h, encoder_hidden_states=e, temb=temb, image_rotary_emb=rope)
+        h = _image_tokens_single_block(last, h, e, temb, rope)
+        return tr.proj_out(tr.norm_out(h, temb))
 
     # ------------------------------------------------------------------ decoding
     @torch.no_grad()
