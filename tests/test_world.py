@@ -109,3 +109,11 @@ def test_random_scenes_support_many_relations_and_objects():
     assert all_hold(s, m=1.0)
     words = len(describe(s, Style.draw(rng, 10)).split())
     assert words > 60
+
+
+def test_pick_draws_like_numpy_choice():
+    from spatialt2i.world.sample import pick
+    for seed in range(200):
+        w = np.random.default_rng(seed).random(1 + seed % 9) + 1e-9
+        a, b = np.random.default_rng([seed, 1]), np.random.default_rng([seed, 1])
+        assert [pick(a, w) for _ in range(5)] == [int(b.choice(len(w), p=w / w.sum())) for _ in range(5)]

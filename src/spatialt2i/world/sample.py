@@ -8,7 +8,8 @@ safety margin, so every stated relation is true beyond pixel rounding.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from itertools import combinations
+from bisect import bisect_right
+from itertools import accumulate, combinations
 
 import numpy as np
 
@@ -51,17 +52,25 @@ class SceneConfig:
             raise ConfigError(f"group_weights: unknown group(s) {sorted(unknown)} (known: {sorted(GROUP_WEIGHTS)})")
 
 
+def pick(rng: np.random.Generator, weights) -> int:
+    """``int(rng.choice(len(weights), p=weights / sum))``, the same draw from the same single
+    uniform, without numpy's per-call checks (the hot loops draw many small choices)."""
+    cdf = list(accumulate(float(w) for w in weights))
+    total = cdf[-1]
+    return bisect_right([c / total for c in cdf], rng.random())
+
+
 def _objects(rng: np.random.Generator, n: int, cfg: SceneConfig) -> list[Obj]:
     pairs = [(c, s) for c in cfg.colours for s in cfg.shapes]
     idx = rng.choice(len(pairs), size=n, replace=False)
     sizes = list(SIZES)
-    return [Obj(pairs[k][1], pairs[k][0], sizes[int(rng.choice(3, p=[0.4, 0.35, 0.25]))], depth=i)
+    return [Obj(pairs[k][1], pairs[k][0], sizes[pick(rng, (0.4, 0.35, 0.25))], depth=i)
             for i, k in enumerate(idx)]
 
 
 def _planted(rng: np.random.Generator, objs: list[Obj]) -> list[Relation]:
     n, rels = len(objs), []
-    for _ in range(rng.choice(3, p=[0.45, 0.4, 0.15])):
+    for _ in range(pick(rng, (0.45, 0.4, 0.15))):
         a, b = (int(v) for v in rng.choice(n, 2, replace=False))
         busy = {j for r in rels for j in r.objects}
         if objs[a].colour != objs[b].colour and a not in busy and b not in busy:
@@ -142,13 +151,13 @@ def choose_relations(candidates: list[Relation], k: int, planted: list[Relation]
             break
         groups = sorted({g for _, _, g in pool})
         w = np.array([weights.get(g, 0.0) for g in groups]) + 1e-9
-        g = groups[int(rng.choice(len(groups), p=w / w.sum()))]
+        g = groups[pick(rng, w)]
         opts = [r for r, _, gr in pool if gr == g]
         # prefer relations naming objects not yet mentioned
         mentioned = {j for r in chosen for j in r.objects}
         fresh = [r for r in opts if set(r.objects) - mentioned]
-        pick = (fresh if fresh and rng.random() < 0.7 else opts)
-        take(pick[int(rng.integers(len(pick)))])
+        among = (fresh if fresh and rng.random() < 0.7 else opts)
+        take(among[int(rng.integers(len(among)))])
     order = rng.permutation(len(chosen))
     return [_state(chosen[i], rng) for i in order]
 
@@ -158,7 +167,7 @@ def random_scene(rng: np.random.Generator, cfg: SceneConfig = SceneConfig(), n_r
     """A placed scene with ``n_relations`` true relations (drawn from ``cfg.relations`` if None)."""
     ks = sorted(cfg.relations)
     p = np.array([cfg.relations[k] for k in ks], float)
-    k = n_relations if n_relations is not None else int(ks[int(rng.choice(len(ks), p=p / p.sum()))])
+    k = n_relations if n_relations is not None else int(ks[pick(rng, p)])
     for _ in range(tries):
         lo = max(cfg.min_objects, min(cfg.max_objects, int(np.ceil(k * 0.45)) + 1))
         hi = max(lo, min(cfg.max_objects, k + 1))
