@@ -201,27 +201,15 @@ def _filter(scene: Scene, i: int, placed: dict[int, tuple[float, float]],
     """The grid centres where object i fits on the canvas and keeps every constraint with the
     placed objects, in grid order.
 
-    Placements and the clearances and rules of object i with one placed object are grid masks
-    (read off ``world.offsets`` for grid-centred objects: exact); the rest (three-object rules,
-    off-grid objects' rules) is applied afterwards on the surviving centres.
+    Placements, and the rules and clearances of object i with one placed object, are grid masks
+    (read off ``world.offsets`` for grid-centred objects: exact), relations first; the rest
+    (three-object rules, off-grid objects' rules) is applied afterwards on the surviving centres.
     """
     objs = scene.objects
     hi = objs[i].half
     axis = _axis(hi)
     n, first = len(axis), int(round(axis[0] * GRID - 0.5)) if len(axis) else 0
     mask = np.ones((n, n), bool)
-    off_grid = []
-    for j, (x, y) in placed.items():
-        cell = O.grid_cell(x, y)
-        if cell is None:
-            off_grid.append(j)
-        else:
-            mask &= O.window(O.clear_rule(hi, objs[j].half, j in depth_partners, GAP), first, n, cell)
-    if off_grid:
-        pos = np.array([placed[j] for j in off_grid])
-        half = np.array([objs[j].half for j in off_grid])
-        overlap = np.array([j in depth_partners for j in off_grid])
-        mask &= clearance_mask(axis, hi, pos, half, overlap)
     later: list[tuple[Relation, float | None]] = []  # (relation, room) applied to survivors
     for r in rels:
         if r.kind == "between" and r.objects[0] != i:  # i is an end: leave room for the middle one
@@ -247,6 +235,20 @@ def _filter(scene: Scene, i: int, placed: dict[int, tuple[float, float]],
                 mask &= O.window(rule, first, n, cell)
         else:
             later.append((r, None))
+    if not mask.any():  # the relations alone rule every centre out (common for flipped ones)
+        return _grid(hi)[:0]
+    off_grid = []
+    for j, (x, y) in placed.items():
+        cell = O.grid_cell(x, y)
+        if cell is None:
+            off_grid.append(j)
+        else:
+            mask &= O.window(O.clear_rule(hi, objs[j].half, j in depth_partners, GAP), first, n, cell)
+    if off_grid:
+        pos = np.array([placed[j] for j in off_grid])
+        half = np.array([objs[j].half for j in off_grid])
+        overlap = np.array([j in depth_partners for j in off_grid])
+        mask &= clearance_mask(axis, hi, pos, half, overlap)
     cand = _grid(hi).take(np.flatnonzero(mask), axis=0)  # (faster than a boolean row index)
     for r, room in later:
         if not len(cand):
