@@ -93,3 +93,9 @@ def test_violates_agrees_with_judge():
         img = render(p.scene)
         assert violates(s, img) == (not judge(s, img).all_correct)
         assert violates(s, img, first=[len(s.relations) - 1, 0]) == violates(s, img)
+
+
+def test_colour_table_is_the_nearest_palette_rule():
+    from spatialt2i.world.detect import _lut, _nearest
+    g = (np.arange(64) * 4 + 1.5).astype(np.float32)
+    assert np.array_equal(_lut(), _nearest(np.stack(np.meshgrid(g, g, g, indexing="ij"), -1)))

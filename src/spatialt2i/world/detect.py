@@ -54,14 +54,28 @@ def _nearest(rgb: np.ndarray) -> np.ndarray:
 
 
 _Q = 4  # colour lookup table on a 64^3 grid (4 levels per bin): exact enough, and fast
-_g = (np.arange(256 // _Q) * _Q + (_Q - 1) / 2).astype(np.float32)
-_LUT = _nearest(np.stack(np.meshgrid(_g, _g, _g, indexing="ij"), -1))
+
+
+@lru_cache(maxsize=1)
+def _lut() -> np.ndarray:
+    """``_nearest`` of every bin centre, (64, 64, 64) int16; built on first use (not at import).
+
+    Squared distances add per channel in the order ``_nearest`` sums them, so the table is the
+    same as ``_nearest`` on the full (64, 64, 64, 3) grid, without its 28 MB temporary."""
+    g = (np.arange(256 // _Q) * _Q + (_Q - 1) / 2).astype(np.float32)
+    per = (g[:, None] - PALETTE[None, :, :].transpose(2, 0, 1)) ** 2  # (3, 64, palette)
+    d = per[0][:, None, None, :] + per[1][None, :, None, :] + per[2][None, None, :, :]
+    lab = d.argmin(-1)
+    far = np.take_along_axis(d, lab[..., None], -1)[..., 0] > MAX_COLOUR_DIST ** 2
+    lut = np.where(far, UNKNOWN, lab).astype(np.int16)
+    lut.setflags(write=False)
+    return lut
 
 
 def label_pixels(img: Image.Image | np.ndarray) -> np.ndarray:
     """(H, W) int array: palette index of each pixel, ``BG`` for background, ``UNKNOWN`` if far."""
     a = np.asarray(img.convert("RGB") if isinstance(img, Image.Image) else img, dtype=np.uint8) // _Q
-    return _LUT[a[..., 0], a[..., 1], a[..., 2]]
+    return _lut()[a[..., 0], a[..., 1], a[..., 2]]
 
 
 HIDDEN_WEIGHT = 0.15
