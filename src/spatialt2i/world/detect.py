@@ -171,19 +171,30 @@ def _touches(m: np.ndarray, others: np.ndarray, ys: slice, xs: slice) -> bool:
                 or (mm[:, 1:] & oo[:, :-1]).any() or (mm[:, :-1] & oo[:, 1:]).any())
 
 
-def find(labels: np.ndarray, colour: str, shape: str) -> Detection | None:
-    """Detect the ``colour`` ``shape`` in a labelled image, or ``None`` if it is absent."""
+@dataclass(frozen=True)
+class Component:
+    """One 8-connected component of a colour: canvas-sized mask, pixel box, area, and whether it
+    touches (4-neighbours) pixels of another object."""
+    mask: np.ndarray
+    bbox: tuple[int, int, int, int]
+    area: int
+    touching: bool
+
+
+def components(labels: np.ndarray, colour: str) -> tuple[list[Component], np.ndarray | None]:
+    """The candidate components of ``colour`` (noise-sized ones dropped) and the mask of other
+    objects' pixels (None when the colour is absent). Shape-independent: shared by every object
+    of that colour."""
     H, W = labels.shape
     ci = PALETTE_NAMES.index(colour)
     mask = labels == ci
     if not mask.any():
-        return None
+        return [], None
     comps, n = ndimage.label(mask, _EIGHT)
     others = (labels != ci) & (labels != BG)
     min_area = max(3, int(MIN_AREA_FRAC * H * W))
-    best: Detection | None = None
-    slices = ndimage.find_objects(comps)
-    for k, sl in enumerate(slices, start=1):
+    out = []
+    for k, sl in enumerate(ndimage.find_objects(comps), start=1):
         ys, xs = sl
         m = comps[sl] == k
         area = int(m.sum())
@@ -191,15 +202,29 @@ def find(labels: np.ndarray, colour: str, shape: str) -> Detection | None:
             continue
         full = np.zeros_like(mask)
         full[sl] = m
-        bbox = (xs.start, ys.start, xs.stop - 1, ys.stop - 1)
-        touching = _touches(full, others, ys, xs)
-        box, fit = _fit_box(full, others, bbox, shape, touching, (H, W))
+        out.append(Component(full, (xs.start, ys.start, xs.stop - 1, ys.stop - 1), area,
+                             _touches(full, others, ys, xs)))
+    return out, others
+
+
+def best_match(comps: list[Component], others: np.ndarray | None, colour: str, shape: str,
+               shape_hw: tuple[int, int]) -> Detection | None:
+    """The best-fitting component that passes the shape check for ``shape``, or None."""
+    best: Detection | None = None
+    for c in comps:
+        box, fit = _fit_box(c.mask, others, c.bbox, shape, c.touching, shape_hw)
         if fit < MIN_FIT:
             continue
-        scores = _shape_scores(full, others, box)
+        scores = _shape_scores(c.mask, others, box)
         if max(scores.values()) > scores[shape] + 1e-6:
             continue
-        det = Detection(colour, shape, box, fit, area)
+        det = Detection(colour, shape, box, fit, c.area)
         if best is None or det.fit > best.fit:
             best = det
     return best
+
+
+def find(labels: np.ndarray, colour: str, shape: str) -> Detection | None:
+    """Detect the ``colour`` ``shape`` in a labelled image, or ``None`` if it is absent."""
+    comps, others = components(labels, colour)
+    return best_match(comps, others, colour, shape, labels.shape)

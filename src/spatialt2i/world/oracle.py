@@ -14,7 +14,7 @@ import numpy as np
 from PIL import Image
 
 from . import geometry as G
-from .detect import Detection, find, label_pixels
+from .detect import Detection, best_match, components, label_pixels
 from .render import template
 from .scene import Relation, Scene
 from .vocab import COLOURS
@@ -72,11 +72,14 @@ class _Reader:
         self.labels = label_pixels(image)
         self.size = max(self.labels.shape)
         self.dets: dict[int, Detection | None] = {}
+        self.comps: dict[str, tuple] = {}  # colour -> components (shared by objects of one colour)
 
     def det(self, i: int) -> Detection | None:
         if i not in self.dets:
             o = self.scene.objects[i]
-            self.dets[i] = find(self.labels, o.colour, o.shape)
+            if o.colour not in self.comps:
+                self.comps[o.colour] = components(self.labels, o.colour)
+            self.dets[i] = best_match(*self.comps[o.colour], o.colour, o.shape, self.labels.shape)
         return self.dets[i]
 
     def holds(self, r: Relation) -> bool:
