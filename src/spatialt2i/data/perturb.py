@@ -121,10 +121,7 @@ def _relayout(scene: Scene, target: Scene, idx: list[int], rng: np.random.Genera
     for _ in range(3):
         options.append({int(rng.permutation(m)[0]) for m in movers})
     options.append({j for m in movers for j in m})
-    try:
-        target = prepare(target)
-    except UnsatisfiableSceneError:
-        return None
+    prepared: Scene | None = None  # checked and given a draw order once a solve is worth trying
     seen: list[set[int]] = []
     for free in options:
         if free in seen:
@@ -134,10 +131,15 @@ def _relayout(scene: Scene, target: Scene, idx: list[int], rng: np.random.Genera
             if any(target.relations[i].kind not in (*DEPTH_KINDS, "bigger", "smaller") for i in idx):
                 continue
         fixed = [j for j in range(n) if j not in free]
-        if len(free) >= 2 and not may_solve(target, fixed):  # one free object: the solve fails as fast
+        if free and not may_solve(target, fixed):  # necessary for any solve; draw order plays no part
             continue
+        if prepared is None:
+            try:
+                prepared = prepare(target)
+            except UnsatisfiableSceneError:
+                return None
         try:
-            out = solve(target, rng, fixed=fixed, restarts=1 if len(free) <= 1 else 2, prepared=True)
+            out = solve(prepared, rng, fixed=fixed, restarts=1 if len(free) <= 1 else 2, prepared=True)
         except UnsatisfiableSceneError:
             continue
         if layout_ok(out) and all(i in breaks(scene, out) for i in idx):

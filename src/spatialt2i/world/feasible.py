@@ -77,7 +77,8 @@ def pair_offsets(scene: Scene, a: int, b: int, m: float) -> np.ndarray:
 def may_solve(scene: Scene, fixed: Iterable[int], margin: float = 1.0) -> bool:
     """False only when no ``solve(scene, fixed=fixed, margin=margin)`` can succeed.
 
-    ``scene`` is prepared (as ``solve(..., prepared=True)`` takes it) and its fixed objects placed.
+    ``scene``'s fixed objects are placed; draw orders play no part (``prepare`` is not needed).
+    With one free object this is exactly the solver's first filter.
     """
     fixed = set(fixed)
     free = [i for i in range(len(scene.objects)) if i not in fixed]
