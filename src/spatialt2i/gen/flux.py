@@ -10,6 +10,8 @@ prompt embeddings, 2x2 latent packing, ``img_ids``/``txt_ids``, the sigma schedu
 dynamic shift) plus a final 0, distilled guidance through the guidance embedding and optional
 true CFG (``v = v_neg + scale * (v_pos - v_neg)``). With ``dynamics="ode"`` :meth:`sample`
 reproduces ``FluxPipeline(...)`` for the same seeds (one generator per seed), steps and guidance.
+The transformer pass is diffusers' own block by block, except that the last single block is
+computed for the image tokens only (the model discards its text tokens' outputs).
 
 Latents along the trajectory are kept in fp32 (the SDE math is fp32); the transformer runs in its
 own dtype (fp32 on CPU, bf16 on CUDA if loaded so).
