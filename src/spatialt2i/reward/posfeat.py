@@ -8,9 +8,12 @@ cannot tell where an object is (``shared/notes/world-reward-learnability.md``, t
 What: a small module run as a **forward hook on ``model.model.visual``**. It rewrites the merged
 tokens (``pooler_output``) of each image as
 
-    LayerNorm(tokens - mean over the image's tokens) + row_emb[r] + col_emb[c]
+    LayerNorm(tokens - mean over the image's tokens) + row_emb[r] + col_emb[c] (+ coordinate code)
 
-where (r, c) is the token's cell on the merged grid. Nothing in the Qwen2.5-VL classes changes: the
+where (r, c) is the token's cell on the merged grid. The optional coordinate code (``coord_scale`` > 0)
+is fixed, not learned: the token's centre x and y in [-1, 1], times ``coord_scale``, in hidden dims
+0-3 and 4-7, so that an attention-weighted mix of tokens carries its mean position linearly and
+"left of" is a linear comparison of two gathered vectors. Nothing in the Qwen2.5-VL classes changes: the
 checkpoint folder stays a plain ``save_pretrained`` folder that ``from_pretrained`` loads, plus two
 small files written next to it (``posfeat.json`` + ``posfeat.safetensors``). :func:`attach_if_present`
 attaches the hook only when the folder contains them, so the full-scale path (a hub id or a folder
@@ -38,9 +41,11 @@ ATTR = "_spatialt2i_posfeat"  # where the attached module lives on the VLM (keep
 class VisualPosFeat(nn.Module):
     """Centre + LayerNorm the merged visual tokens of each image and add a learned (row, col) embedding."""
 
-    def __init__(self, hidden: int, max_rows: int = 16, max_cols: int = 16, init_std: float = 0.5) -> None:
+    def __init__(self, hidden: int, max_rows: int = 16, max_cols: int = 16, init_std: float = 0.5,
+                 coord_scale: float = 0.0) -> None:
         super().__init__()
         self.hidden, self.max_rows, self.max_cols, self.init_std = hidden, max_rows, max_cols, init_std
+        self.coord_scale = coord_scale
         self.norm = nn.LayerNorm(hidden)
         self.row = nn.Parameter(torch.randn(max_rows, hidden) * init_std)
         self.col = nn.Parameter(torch.randn(max_cols, hidden) * init_std)
@@ -48,7 +53,7 @@ class VisualPosFeat(nn.Module):
 
     def config(self) -> dict[str, Any]:
         return {"hidden": self.hidden, "max_rows": self.max_rows, "max_cols": self.max_cols,
-                "init_std": self.init_std, "merge": self.merge, "format_version": 1}
+                "init_std": self.init_std, "merge": self.merge, "coord_scale": self.coord_scale, "format_version": 1}
 
     def forward(self, tokens: torch.Tensor, grid_thw: torch.Tensor) -> torch.Tensor:
         out, start = [], 0
@@ -63,7 +68,13 @@ class VisualPosFeat(nn.Module):
             x = self.norm(x - x.mean(0, keepdim=True))
             r = torch.arange(hh, device=x.device).repeat_interleave(ww).repeat(t)
             c = torch.arange(ww, device=x.device).repeat(hh * t)
-            out.append(x + self.row[r].to(x.dtype) + self.col[c].to(x.dtype))
+            y = x + self.row[r].to(x.dtype) + self.col[c].to(x.dtype)
+            if self.coord_scale:
+                code = torch.zeros_like(y)
+                code[:, 0:4] = ((c.to(y.dtype) + 0.5) / ww * 2 - 1)[:, None] * self.coord_scale
+                code[:, 4:8] = ((r.to(y.dtype) + 0.5) / hh * 2 - 1)[:, None] * self.coord_scale
+                y = y + code
+            out.append(y)
         return torch.cat(out, 0)
 
 
@@ -109,12 +120,12 @@ def attached(vlm: nn.Module) -> VisualPosFeat | None:
     return _visual(vlm).__dict__.get(ATTR)
 
 
-def new(vlm: nn.Module, init_std: float = 0.5, seed: int = 0) -> VisualPosFeat:
+def new(vlm: nn.Module, init_std: float = 0.5, seed: int = 0, coord_scale: float = 0.0) -> VisualPosFeat:
     """Create and attach a fresh module sized for ``vlm``."""
     hidden = vlm.config.text_config.hidden_size if hasattr(vlm.config, "text_config") else vlm.config.hidden_size
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        pf = VisualPosFeat(hidden, init_std=init_std)
+        pf = VisualPosFeat(hidden, init_std=init_std, coord_scale=coord_scale)
     return attach(vlm, pf)
 
 
@@ -139,7 +150,8 @@ def attach_if_present(vlm: nn.Module, path: str | os.PathLike) -> VisualPosFeat 
     from safetensors.torch import load_file
 
     cfg = json.loads((p / CONFIG_FILE).read_text())
-    pf = VisualPosFeat(cfg["hidden"], cfg["max_rows"], cfg["max_cols"], cfg.get("init_std", 0.5))
+    pf = VisualPosFeat(cfg["hidden"], cfg["max_rows"], cfg["max_cols"], cfg.get("init_std", 0.5),
+                       cfg.get("coord_scale", 0.0))
     pf.merge = cfg.get("merge", 2)
     pf.load_state_dict(load_file(str(p / WEIGHTS_FILE)))
     dtype = next(_visual(vlm).parameters()).dtype

@@ -42,7 +42,7 @@ import math
 import os
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -59,6 +59,8 @@ from ..world.text import JOINS, OPENERS, REGION_WORDS, TEMPLATES
 from ..world.truth import relation_holds
 from ..world.vocab import COLOURS, FLIP, OPPOSITE_REGION, SHAPES, SIZES
 from . import posfeat
+from .attn_hints import Hints, box_cell_weights, default_layers, hint_losses
+from .backbone import REWARD_TOKEN
 from .prompt import DEFAULT_INSTRUCTION
 
 AXIS = ("left_of", "right_of", "above", "below")
@@ -71,6 +73,7 @@ SIZE_NAMES = tuple(SIZES)
 NCELL = 8
 N_MENTION = 2 * NCELL + len(SIZE_NAMES) + 1
 STATE_DIR = "_train"
+CMP_LEVEL = 0.04                     # |centre difference| below this counts as level
 
 
 @dataclass
@@ -92,7 +95,10 @@ class PretrainConfig:
     p_instruction: float = 0.15      # statements preceded by the reward instruction
     colour_marks: bool = True        # gather targets on the colour word too, not only the shape word
     p_caption_lm: float = 1.0        # chance that a statements sequence with every clause true gets an LM loss
-    curriculum: float = 0.25         # share of the run with mostly easy samples (decays to 0)
+    curriculum: float = 0.25         # share of the run with mostly easy samples (decays to p_easy_end)
+    coord_scale: float = 0.0         # fixed coordinate code on the visual tokens (reward/posfeat.py)
+    canonical: float = 0.0           # share of the run over which easy clauses move from canonical wording to all
+    p_easy_end: float = 0.0          # share of easy samples kept after the curriculum
     pool: int = 1500                 # layouts kept; each is re-used under flips/transposes/new names
     pool_refresh: int = 2            # new layouts per step
     w_truth: float = 1.0
@@ -100,6 +106,9 @@ class PretrainConfig:
     w_mention: float = 1.0
     w_mention_mid: float = 0.5
     w_lm: float = 0.1
+    w_cmp: float = 0.0               # relation-agnostic comparison of a clause's first two objects
+    w_itm: float = 0.0               # image-text matching at the <reward> token after statements
+    w_hint: float = 0.0              # attention hints (reward/attn_hints.py); > 0 trains with eager attention
     eval_every: float = 5.0          # minutes of training between evaluations
     eval_questions: int = 400
     eval_pairs: int = 200            # zero-shot pairs (0: skip)
@@ -137,12 +146,27 @@ class Sample:
     answers: list[tuple[int, int]]           # (char of the answer's first char, 0 yes / 1 no)
     lm_span: tuple[int, int] | None          # chars whose tokens get the LM loss
     kind: str
+    # attention hints (reward/attn_hints.py): (shape char, colour char, box in the image or None)
+    grounds: list[tuple[int, int, tuple[float, float, float, float] | None]] = field(default_factory=list)
+    # (query char, query predicts the answer starting there, shape char of each role, (cmp x, cmp y))
+    # cmp = where role a lies from role b along the axis: 0 before, 1 level, 2 after; -1 unknown
+    roles: list[tuple[int, bool, tuple[int, ...], tuple[int, int]]] = field(default_factory=list)
+    # image-text matching: (char of the <reward> token, 1 if every clause is true)
+    itm: list[tuple[int, int]] = field(default_factory=list)
 
 
 def _relabel(rng: np.random.Generator, objs: Sequence[Obj]) -> list[Obj]:
     names = [(c, s) for c in COLOURS for s in SHAPES]
     idx = rng.choice(len(names), size=len(objs), replace=False)
     return [Obj(names[k][1], names[k][0], o.size, o.x, o.y, o.depth) for o, k in zip(objs, idx)]
+
+
+def _canonical(rel: Relation) -> Relation:
+    """An axis relation stated with "left of" / "above" (right_of(a, b) -> left_of(b, a))."""
+    canon = {"right_of": "left_of", "below": "above"}
+    if rel.kind in canon:
+        return Relation(canon[rel.kind], rel.objects[::-1])
+    return rel
 
 
 def _transform(rng: np.random.Generator, objs: Sequence[Obj]) -> list[Obj]:
@@ -169,6 +193,7 @@ class WorldSampler:
         self.tok = tokenizer
         self.pool_size, self.refresh = pool, refresh
         self.pool: list[tuple[Obj, ...]] = []
+        self.p_canonical = 0.0       # share of easy clauses in canonical wording (set by the curriculum)
 
     # -- layouts
     def _layout(self) -> tuple[Obj, ...]:
@@ -251,9 +276,16 @@ class WorldSampler:
             w = np.array([GROUP_WEIGHTS[g] for g in groups])
             g = groups[int(rng.choice(len(groups), p=w / w.sum()))]
             rel = by_group[g][int(rng.integers(len(by_group[g])))]
-            rel = _state(rel, rng)
-            if rng.random() < p_false:
-                rel = self._false_of(rel, len(image.objects))
+            if easy and rng.random() < self.p_canonical:
+                # canonical words only ("left of", "above"); a false clause swaps the two objects, so
+                # that truth is the plain comparison, before the wording's direction is learned
+                rel = _canonical(rel)
+                if rng.random() < p_false:
+                    rel = Relation(rel.kind, rel.objects[::-1])
+            else:
+                rel = _state(rel, rng)
+                if rng.random() < p_false:
+                    rel = self._false_of(rel, len(image.objects))
             key = (frozenset(rel.objects), GROUP_OF[rel.kind])
             if key in used:
                 continue
@@ -265,8 +297,10 @@ class WorldSampler:
         return out
 
     # -- wording
-    def word(self, text: Scene, rel: Relation, seen: set[int], easy: bool, cap: bool) -> tuple[str, list[tuple[int, int]]]:
-        """The clause and, per object, (char offset of the last char of its name, object index)."""
+    def word(self, text: Scene, rel: Relation, seen: set[int], easy: bool,
+             cap: bool) -> tuple[str, list[tuple[int, int, int]], tuple[int, ...]]:
+        """The clause; per role, (last char of the shape word, last char of the colour word, object); and
+        the chars of the relation's own words (everything outside the object names)."""
         rng = self.rng
         tpls = TEMPLATES[rel.kind]
         tpl = tpls[0] if easy else tpls[int(rng.integers(len(tpls)))]
@@ -288,14 +322,30 @@ class WorldSampler:
         s = tpl.format(region=region, **names)
         if cap:
             s = s[:1].upper() + s[1:]
-        marks = []
+        in_name = np.zeros(len(s), dtype=bool)
+        for name in names.values():
+            p = s.lower().find(name.lower())
+            in_name[p:p + len(name)] = True
+        rel_chars = tuple(i for i, ch in enumerate(s) if ch.isalnum() and not in_name[i])
+        names_at = []
         for j in rel.objects:
             o = text.objects[j]
             pos = s.find(f"{o.colour} {o.shape}")
-            marks.append((pos + len(o.colour) + 1 + len(o.shape) - 1, j))   # the shape word
+            names_at.append((pos + len(o.colour) + len(o.shape), pos + len(o.colour) - 1, j))
+        return s, names_at, rel_chars
+
+    def _mark(self, image: Scene, text: Scene, base: int, names_at: list[tuple[int, int, int]],
+              mentions: list, grounds: list) -> tuple[int, ...]:
+        """Gather targets and ground hints of one clause's mentions; returns their shape-word chars."""
+        shapes = []
+        for cs, cc, j in names_at:
+            tgt = self._mention_target(image, text, j)
+            mentions.append((base + cs, *tgt))                 # the shape word
             if self.colour_marks:
-                marks.append((pos + len(o.colour) - 1, j))                  # the colour word (an easier first hop)
-        return s, marks
+                mentions.append((base + cc, *tgt))             # the colour word (an easier first hop)
+            grounds.append((base + cs, base + cc, self._box(image, text, j)))
+            shapes.append(base + cs)
+        return tuple(shapes)
 
     def _text_scene(self, image: Scene, p_swap: float) -> Scene:
         """The scene the text talks about: usually the image's, sometimes with two colours swapped."""
@@ -313,6 +363,26 @@ class WorldSampler:
                 if len({(o.colour, o.shape) for o in new}) == len(new):
                     return Scene(tuple(new))
         return image
+
+    @staticmethod
+    def _box(image: Scene, text: Scene, j: int) -> tuple[float, float, float, float] | None:
+        o = text.objects[j]
+        for im in image.objects:
+            if (im.colour, im.shape) == (o.colour, o.shape):
+                return (im.x - im.half, im.y - im.half, im.x + im.half, im.y + im.half)
+        return None
+
+    def _compare(self, image: Scene, text: Scene, rel: Relation) -> tuple[int, int]:
+        """Relation-agnostic comparison target of a clause: where the first object lies from the second
+        along x and y (0 smaller, 1 within ``CMP_LEVEL``, 2 larger); (-1, -1) if either is absent."""
+        if len(rel.objects) < 2:
+            return (-1, -1)
+        ba, bb = self._box(image, text, rel.objects[0]), self._box(image, text, rel.objects[1])
+        if ba is None or bb is None:
+            return (-1, -1)
+        dx = (ba[0] + ba[2] - bb[0] - bb[2]) / 2
+        dy = (ba[1] + ba[3] - bb[1] - bb[3]) / 2
+        return tuple(0 if d < -CMP_LEVEL else (2 if d > CMP_LEVEL else 1) for d in (dx, dy))
 
     def _mention_target(self, image: Scene, text: Scene, j: int) -> tuple[int, int, int, int]:
         o = text.objects[j]
@@ -340,7 +410,7 @@ class WorldSampler:
         text_scene = Scene(tuple(Obj(sh, c, sz, 0.5, 0.5) for c, sh, sz in (items[i] for i in order)))
         s = "<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>"
         start = len(s)
-        mentions = []
+        mentions, grounds = [], []
         for q in range(len(text_scene.objects)):
             o = text_scene.objects[q]
             if q:
@@ -348,14 +418,12 @@ class WorldSampler:
             art = "the " if rng.random() < 0.5 else f"a {o.size + ' ' if rng.random() < 0.5 else ''}"
             base = len(s) + len(art)
             s += f"{art}{o.colour} {o.shape}"
-            targets = self._mention_target(image, text_scene, q)
-            mentions.append((base + len(o.colour) + len(o.shape), *targets))
-            if self.colour_marks:
-                mentions.append((base + len(o.colour) - 1, *targets))
+            self._mark(image, text_scene, base, [(len(o.colour) + len(o.shape), len(o.colour) - 1, q)],
+                       mentions, grounds)
         s += "."
         lm = (start, len(s)) if n_absent == 0 else None
         s += "<|im_end|>\n<|im_start|>assistant\n"
-        return Sample(render(image, 64), s, [], mentions, [], lm, "list")
+        return Sample(render(image, 64), s, [], mentions, [], lm, "list", grounds)
 
     def sample(self, easy: bool, vqa: bool, cfg: PretrainConfig, n_questions: int | None = None) -> Sample:
         rng = self.rng
@@ -370,27 +438,33 @@ class WorldSampler:
                 # balance yes/no
                 return self._vqa(image, text, rels, easy)
             k = int(rng.integers(1, (3 if easy else cfg.max_clauses) + 1))
-            rels = self.clauses(image, text, k, easy, float(rng.uniform(0, 2 * cfg.p_false)))
+            # many statements all true or with a single false clause: the pairs' hardest case
+            u = rng.random()
+            p_f = 0.0 if u < 0.4 else (1.0 / k if u < 0.8 else float(rng.uniform(0, 2 * cfg.p_false)))
+            rels = self.clauses(image, text, k, easy, p_f)
             if rels:
                 return self._statements(image, text, rels, easy, cfg)
         raise RuntimeError("could not sample a scene with usable relations in 20 tries")
 
     def _vqa(self, image: Scene, text: Scene, rels: list[tuple[Relation, int]], easy: bool) -> Sample:
         s = "<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>"
-        truth, mentions, answers = [], [], []
+        truth, mentions, answers, grounds, roles = [], [], [], [], []
         for q, (rel, t) in enumerate(rels):
             if q:
                 s += "<|im_start|>user\n"
-            clause, marks = self.word(text, rel, set(), easy, cap=(not easy) and self.rng.random() < 0.5)
+            clause, names_at, rel_chars = self.word(text, rel, set(), easy, cap=(not easy) and self.rng.random() < 0.5)
             base = len(s)
             s += clause
             truth.append((len(s) - 1, t))
-            for c, j in marks:
-                mentions.append((base + c, *self._mention_target(image, text, j)))
+            shapes = self._mark(image, text, base, names_at, mentions, grounds)
+            cmp = self._compare(image, text, rel)
+            rc = tuple(base + c for c in rel_chars)
+            roles.append((len(s) - 1, False, shapes, cmp, rc))
             s += " ?<|im_end|>\n<|im_start|>assistant\n"
             answers.append((len(s), 0 if t else 1))
+            roles.append((len(s), True, shapes, cmp, rc))
             s += ("yes" if t else "no") + "<|im_end|>\n"
-        return Sample(render(image, 64), s, truth, mentions, answers, None, "vqa")
+        return Sample(render(image, 64), s, truth, mentions, answers, None, "vqa", grounds, roles)
 
     def _statements(self, image: Scene, text: Scene, rels: list[tuple[Relation, int]], easy: bool,
                     cfg: PretrainConfig) -> Sample:
@@ -402,25 +476,26 @@ class WorldSampler:
         if not easy:
             s += OPENERS[int(rng.integers(len(OPENERS)))]
         seen: set[int] = set()
-        truth, mentions = [], []
+        truth, mentions, grounds, roles = [], [], [], []
         for q, (rel, t) in enumerate(rels):
             cap = True
             if q:
                 join = JOINS[int(rng.integers(len(JOINS)))] if not easy else ". "
                 s += join
                 cap = join.startswith(".")
-            clause, marks = self.word(text, rel, seen, easy, cap)
+            clause, names_at, rel_chars = self.word(text, rel, seen, easy, cap)
             base = len(s)
             s += clause
             truth.append((len(s) - 1, t))
-            for c, j in marks:
-                mentions.append((base + c, *self._mention_target(image, text, j)))
+            roles.append((len(s) - 1, False, self._mark(image, text, base, names_at, mentions, grounds),
+                          self._compare(image, text, rel), tuple(base + c for c in rel_chars)))
         s += "."
         end = len(s)
-        s += "<|im_end|>\n<|im_start|>assistant\n"
+        s += "<|im_end|>\n<|im_start|>assistant\n" + REWARD_TOKEN
         all_true = all(t for _, t in rels)
         lm = (start, end) if all_true and rng.random() < cfg.p_caption_lm else None
-        return Sample(render(image, 64), s, truth, mentions, [], lm, "statements")
+        return Sample(render(image, 64), s, truth, mentions, [], lm, "statements", grounds, roles,
+                      [(len(s) - 1, int(all_true))])
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -443,6 +518,9 @@ class Batch:
     answer: torch.Tensor     # (a, 3): row, pos (predicting), target token id
     answer_cls: torch.Tensor  # (a,): 0 yes / 1 no
     lm: torch.Tensor         # (l, 3): row, pos (predicting), target token id
+    itm: torch.Tensor        # (i, 3): row, pos of the <reward> token, 1 if every clause is true
+    cmp: torch.Tensor        # (c, 4): row, clause-query pos, x comparison, y comparison (0/1/2)
+    hints: Hints             # attention hint targets
 
 
 def collate(samples: Sequence[Sample], tok: Any, image_processor: Any, yes_no_ids: tuple[int, int]) -> Batch:
@@ -450,7 +528,11 @@ def collate(samples: Sequence[Sample], tok: Any, image_processor: Any, yes_no_id
 
     im = image_processor(images=[s.image.convert("RGB") for s in samples], return_tensors="pt")
     counts = image_token_counts(im["image_grid_thw"], image_processor.merge_size)
+    merge = image_processor.merge_size
+    pad_id = tok.convert_tokens_to_ids(IMAGE_PAD)
     rows, truth, mention, answer, acls, lm = [], [], [], [], [], []
+    bind, ground, ground_tgt, img_start, role, itm, cmp = [], [], [], [], [], [], []
+    rel_q, rel_keys = [], []
     for r, (s, n_img) in enumerate(zip(samples, counts)):
         # expand the placeholder; shift every char offset after it
         ph = s.text.index(IMAGE_PAD)
@@ -463,6 +545,8 @@ def collate(samples: Sequence[Sample], tok: Any, image_processor: Any, yes_no_id
         rows.append(ids)
         for c, t in s.truth:
             truth.append((r, int(c2t[fix(c)]), t))
+        for c, t in s.itm:
+            itm.append((r, int(c2t[fix(c)]), t))
         for c, pres, x, y, sz in s.mentions:
             mention.append((r, int(c2t[fix(c)]), pres, x, y, sz))
         for c, cls in s.answers:
@@ -473,6 +557,23 @@ def collate(samples: Sequence[Sample], tok: Any, image_processor: Any, yes_no_id
             a, b = int(c2t[fix(s.lm_span[0])]), int(c2t[fix(s.lm_span[1] - 1)])
             for p in range(max(a, 1), b + 1):
                 lm.append((r, p - 1, ids[p]))
+        img_start.append(ids.index(pad_id))
+        _, gh, gw = (int(v) for v in im["image_grid_thw"][r])
+        for cs, cc, box in s.grounds:
+            ps, pc = int(c2t[fix(cs)]), int(c2t[fix(cc)])
+            if pc != ps:
+                bind.append((r, ps, pc))
+            if box is not None:
+                ground.append((r, ps))
+                ground_tgt.append(box_cell_weights(box, gh // merge, gw // merge))
+        for qc, is_answer, shapes, (cx, cy), rel_chars in s.roles:
+            keys = [int(c2t[fix(c)]) for c in shapes] + [-1] * (3 - len(shapes))
+            qpos = int(c2t[fix(qc)]) - int(is_answer)
+            role.append((r, qpos, *keys))
+            rel_q.append((r, qpos))
+            rel_keys.append(sorted({int(c2t[fix(c)]) for c in rel_chars}))
+            if cx >= 0:
+                cmp.append((r, qpos, cx, cy))
     L = max(len(x) for x in rows)
     pad = tok.pad_token_id
     input_ids = torch.full((len(rows), L), pad, dtype=torch.long)
@@ -491,11 +592,30 @@ def collate(samples: Sequence[Sample], tok: Any, image_processor: Any, yes_no_id
         t[:, 1] += torch.tensor([offs[r] for r in t[:, 0].tolist()])
         return t
 
-    pad_id = tok.convert_tokens_to_ids(IMAGE_PAD)
+    n_img = max(counts)
+    tgt = torch.zeros((len(ground_tgt), n_img))
+    for i, w in enumerate(ground_tgt):
+        tgt[i, :len(w)] = torch.from_numpy(w)
+    role_t = shifted(role, 5)
+    if len(role_t):
+        keys = role_t[:, 2:]
+        role_t[:, 2:] = torch.where(keys >= 0, keys + torch.tensor(offs)[role_t[:, 0]][:, None], keys)
+    bind_t = shifted(bind, 3)
+    if len(bind_t):
+        bind_t[:, 2] += torch.tensor(offs)[bind_t[:, 0]]
+    rel_q_t = shifted(rel_q, 2)
+    k = max((len(v) for v in rel_keys), default=1)
+    rk = torch.zeros((len(rel_keys), k), dtype=torch.long)
+    rt = torch.zeros((len(rel_keys), k))
+    for i, v in enumerate(rel_keys):
+        rk[i, :len(v)] = torch.tensor(v, dtype=torch.long) + offs[rel_q[i][0]]
+        rt[i, :len(v)] = 1.0 / len(v)
+    hints = Hints(bind_t, shifted(ground, 2), tgt, torch.tensor(img_start) + torch.tensor(offs), role_t,
+                  rel_q_t, rk, rt)
     inputs = {"input_ids": input_ids, "attention_mask": att, "mm_token_type_ids": (input_ids == pad_id).to(torch.int32),
               "pixel_values": im["pixel_values"], "image_grid_thw": im["image_grid_thw"]}
     return Batch(inputs, shifted(truth, 3), shifted(mention, 6), shifted(answer, 3),
-                 torch.tensor(acls, dtype=torch.long), shifted(lm, 3))
+                 torch.tensor(acls, dtype=torch.long), shifted(lm, 3), shifted(itm, 3), shifted(cmp, 4), hints)
 
 
 def answer_ids(tok: Any) -> tuple[int, int]:
@@ -523,6 +643,8 @@ class Probes(nn.Module):
         self.mention_mid = nn.Linear(hidden, N_MENTION)
         self.mention = nn.Linear(hidden, N_MENTION)
         self.truth = nn.Linear(hidden, 1)
+        self.itm = nn.Linear(hidden, 1)
+        self.cmp = nn.Linear(hidden, 6)
 
 
 def mention_loss(logits: torch.Tensor, tgt: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
@@ -542,17 +664,34 @@ def mention_loss(logits: torch.Tensor, tgt: torch.Tensor) -> tuple[torch.Tensor,
 
 
 def forward_losses(model: nn.Module, probes: Probes, b: Batch, cfg: PretrainConfig) -> tuple[torch.Tensor, dict]:
-    out = model.model(**b.inputs, output_hidden_states=True, use_cache=False)
+    out = model.model(**b.inputs, output_hidden_states=True, output_attentions=cfg.w_hint > 0, use_cache=False)
     h = out.last_hidden_state
     mid = out.hidden_states[len(out.hidden_states) // 2]
     logs: dict[str, float] = {}
     loss = h.new_zeros(())
+    if cfg.w_hint > 0:
+        lh, hl = hint_losses(out.attentions, b.hints, *default_layers(len(out.attentions)))
+        loss = loss + cfg.w_hint * lh
+        logs.update(hl)
     if len(b.truth):
         z = probes.truth(h[b.truth[:, 0], b.truth[:, 1]]).squeeze(-1)
         lt = F.binary_cross_entropy_with_logits(z, b.truth[:, 2].float())
         loss = loss + cfg.w_truth * lt
         logs["truth"] = lt.item()
         logs["truth_acc"] = ((z > 0).long() == b.truth[:, 2]).float().mean().item()
+    if len(b.itm):
+        z = probes.itm(h[b.itm[:, 0], b.itm[:, 1]]).squeeze(-1)
+        li = F.binary_cross_entropy_with_logits(z, b.itm[:, 2].float())
+        loss = loss + cfg.w_itm * li
+        logs["itm"] = li.item()
+        logs["itm_acc"] = ((z > 0).long() == b.itm[:, 2]).float().mean().item()
+    if len(b.cmp) and cfg.w_cmp > 0:
+        z = probes.cmp(h[b.cmp[:, 0], b.cmp[:, 1]])
+        lc = F.cross_entropy(z[:, :3], b.cmp[:, 2]) + F.cross_entropy(z[:, 3:], b.cmp[:, 3])
+        loss = loss + cfg.w_cmp * lc
+        logs["cmp"] = lc.item()
+        logs["cmp_acc"] = ((z[:, :3].argmax(-1) == b.cmp[:, 2]).float().mean().item()
+                           + (z[:, 3:].argmax(-1) == b.cmp[:, 3]).float().mean().item()) / 2
     if len(b.mention):
         lm_, acc = mention_loss(probes.mention(h[b.mention[:, 0], b.mention[:, 1]]), b.mention)
         lmid, accm = mention_loss(probes.mention_mid(mid[b.mention[:, 0], b.mention[:, 1]]), b.mention)
@@ -601,7 +740,7 @@ def evaluate(model: nn.Module, probes: Probes, tok: Any, ip: Any, sets: dict[str
     model.eval()
     res: dict[str, float] = {}
     for name, samples in sets.items():
-        correct = n = tc = tn = mx = my = mn = 0
+        correct = n = tc = tn = mx = my = mn = ic = inn = cc = cn = 0
         for i in range(0, len(samples), bs):
             b = collate(samples[i:i + bs], tok, ip, yes_no)
             out = model.model(**b.inputs, use_cache=False)
@@ -614,6 +753,14 @@ def evaluate(model: nn.Module, probes: Probes, tok: Any, ip: Any, sets: dict[str
                 z = probes.truth(h[b.truth[:, 0], b.truth[:, 1]]).squeeze(-1)
                 tc += ((z > 0).long() == b.truth[:, 2]).sum().item()
                 tn += len(b.truth)
+            if len(b.itm):
+                z = probes.itm(h[b.itm[:, 0], b.itm[:, 1]]).squeeze(-1)
+                ic += ((z > 0).long() == b.itm[:, 2]).sum().item()
+                inn += len(b.itm)
+            if len(b.cmp):
+                z = probes.cmp(h[b.cmp[:, 0], b.cmp[:, 1]])
+                cc += ((z[:, :3].argmax(-1) == b.cmp[:, 2]).sum() + (z[:, 3:].argmax(-1) == b.cmp[:, 3]).sum()).item()
+                cn += 2 * len(b.cmp)
             ok = b.mention[:, 2] == 1
             if ok.any():
                 lg = probes.mention(h[b.mention[ok, 0], b.mention[ok, 1]])
@@ -624,6 +771,10 @@ def evaluate(model: nn.Module, probes: Probes, tok: Any, ip: Any, sets: dict[str
             res[f"{name}_acc"] = correct / n
         if tn:
             res[f"{name}_truth_probe"] = tc / tn
+        if inn:
+            res[f"{name}_itm"] = ic / inn
+        if cn:
+            res[f"{name}_cmp"] = cc / cn
         if mn:
             res[f"{name}_x"] = mx / mn
             res[f"{name}_y"] = my / mn
@@ -689,8 +840,9 @@ def pretrain(out_dir: str | os.PathLike, cfg: PretrainConfig, resume: bool = Fal
         init_tiny(init_dir, size=cfg.size, seed=cfg.seed)
     from transformers import Qwen2_5_VLForConditionalGeneration
 
-    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(str(init_dir), dtype=torch.float32)
-    pf = posfeat.new(model, seed=cfg.seed)
+    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
+        str(init_dir), dtype=torch.float32, attn_implementation="eager" if cfg.w_hint > 0 else None)
+    pf = posfeat.new(model, seed=cfg.seed, coord_scale=cfg.coord_scale)
     pf.merge = model.config.vision_config.spatial_merge_size
     tok, ip = load_tokenizer(str(init_dir)), load_image_processor(str(init_dir))
     probes = Probes(model.config.text_config.hidden_size)
@@ -745,6 +897,8 @@ def pretrain(out_dir: str | os.PathLike, cfg: PretrainConfig, resume: bool = Fal
         ts = time.time()
         progress = train_s / total
         p_easy = max(0.0, 1.0 - progress / cfg.curriculum) * 0.9 if cfg.curriculum > 0 else 0.0
+        p_easy = max(p_easy, cfg.p_easy_end)
+        sampler.p_canonical = max(0.0, 1.0 - progress / cfg.canonical) if cfg.canonical > 0 else 0.0
         # one kind per batch (less padding): object lists (early), VQA or statements
         p_list = cfg.p_list_end + (cfg.p_list_start - cfg.p_list_end) * max(0.0, 1 - progress / cfg.curriculum)
         if sampler.rng.random() < p_list:

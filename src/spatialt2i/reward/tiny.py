@@ -73,9 +73,9 @@ def build_tokenizer(vocab_size: int = 600, seed: int = 0) -> Any:
     return tok
 
 
-def build_image_processor() -> Any:
+def build_image_processor(patch: int = PATCH_SIZE) -> Any:
     side = IMAGE_SIDE * IMAGE_SIDE
-    return image_processor_class()(patch_size=PATCH_SIZE, merge_size=MERGE_SIZE, temporal_patch_size=2,
+    return image_processor_class()(patch_size=patch, merge_size=MERGE_SIZE, temporal_patch_size=2,
                                    min_pixels=side, max_pixels=side)
 
 
@@ -97,7 +97,7 @@ def build_config(tokenizer: Any, size: str = "small") -> Any:
                          rope_parameters=dict(rope_type="default", rope_theta=10000.0, mrope_section=mrope),
                          bos_token_id=None, eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"]),
         vision_config=dict(depth=s["vis_depth"], hidden_size=s["vis_hidden"], intermediate_size=s["vis_mlp"],
-                           num_heads=s["vis_heads"], patch_size=PATCH_SIZE, spatial_merge_size=MERGE_SIZE,
+                           num_heads=s["vis_heads"], patch_size=s.get("patch", PATCH_SIZE), spatial_merge_size=MERGE_SIZE,
                            temporal_patch_size=2, window_size=IMAGE_SIDE * 2,
                            fullatt_block_indexes=[s["vis_depth"] - 1], out_hidden_size=s["hidden"]),
         image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
@@ -117,5 +117,5 @@ def init_tiny(out_dir: str | os.PathLike, size: str = "small", seed: int = 0) ->
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
     tok.save_pretrained(out)
-    build_image_processor().save_pretrained(out)
+    build_image_processor(SIZES[size].get("patch", PATCH_SIZE)).save_pretrained(out)
     return out
