@@ -397,3 +397,45 @@ def test_bench_indomain_cli_reports_base_and_lora(tiny_dir: Path, tmp_path: Path
     rc = main(["bench", "indomain", "--generator", str(tiny_dir), "--lora", str(tmp_path / "nolora"), "--n", "1",
                "--steps", "1", "--max-sequence-length", "32"])
     assert rc == 2 and "no pytorch_lora_weights.safetensors" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("topk", [0, 1])
+def test_update_through_the_rollout_graph_equals_replay(tiny_dir: Path, topk: int) -> None:
+    def deltas(mode: str) -> tuple[list[torch.Tensor], dict[str, float]]:
+        tr = make_trainer(tiny_dir, tiny_config(**{"train.reuse_rollout_graph": mode, "train.topk": topk,
+                                                   "train.max_grad_norm": 0.0}))
+        tr.optimizer = torch.optim.SGD(tr.params, lr=1.0)
+        try:
+            assert tr.reuse_graph == (mode == "on")
+            before = lora_params(tr)
+            stats = tr.update(tr.rollout(0))
+            return [p.detach() - b for p, b in zip(tr.params, before)], stats
+        finally:
+            tr.close()
+
+    (replayed, s_off), (reused, s_on) = deltas("off"), deltas("on")
+    assert s_on["ratio"] == 1.0 and s_off["ratio"] == 1.0
+    scale = max(float(d.abs().max()) for d in replayed)
+    assert scale > 0
+    for a, b in zip(replayed, reused):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5 * scale)
+
+
+def test_reuse_rollout_graph_auto_rule_and_bad_combinations() -> None:
+    from spatialt2i.rl.trainer import reuse_rollout_graph
+
+    def tc(**over: Any) -> Any:
+        return tiny_config(**{"sample.group_size": 24, **{f"train.{k}": v for k, v in over.items()}}).train
+
+    assert reuse_rollout_graph(tc(topk=0), 24, 0.0, 10_000)            # all kept, small model
+    assert not reuse_rollout_graph(tc(topk=6), 24, 0.0, 10_000)        # half the group dropped
+    assert reuse_rollout_graph(tc(topk=8), 24, 0.0, 10_000)            # two thirds kept
+    assert not reuse_rollout_graph(tc(topk=0), 24, 0.0, 12_000_000_000)   # FLUX.1-dev size
+    assert not reuse_rollout_graph(tc(topk=0, kl_coef=0.01), 24, 0.0, 10_000)
+    assert not reuse_rollout_graph(tc(topk=0, updates_per_iteration=2), 24, 0.0, 10_000)
+    assert not reuse_rollout_graph(tc(topk=0), 24, 0.1, 10_000)        # LoRA dropout
+    assert not reuse_rollout_graph(tc(topk=0, reuse_rollout_graph="off"), 24, 0.0, 10_000)
+    with pytest.raises(ConfigError, match="reuse_rollout_graph 'on' needs"):
+        reuse_rollout_graph(tc(topk=0, kl_coef=0.01, reuse_rollout_graph="on"), 24, 0.0, 10_000)
+    with pytest.raises(ConfigError, match="reuse_rollout_graph must be"):
+        tc(reuse_rollout_graph="yes")

@@ -58,6 +58,11 @@ class PromptEmbeds:
         return PromptEmbeds(self.prompt_embeds.repeat_interleave(n, 0), self.pooled.repeat_interleave(n, 0))
 
 
+def _stack_with_grad(parts: list[torch.Tensor]) -> torch.Tensor | None:
+    with torch.enable_grad():   # under sample()'s no_grad a plain stack would cut the graph
+        return torch.stack(parts, 1) if parts else None
+
+
 @dataclass
 class Trajectory:
     """A batch of sampled trajectories.
@@ -81,6 +86,9 @@ class Trajectory:
     true_cfg_scale: float = 1.0
     images: Any = None
     extras: dict[str, Any] = field(default_factory=dict)
+    # (B, len(grad_steps)) log-probs of the steps sampled with ``grad_steps``, still attached to the
+    # autograd graph of the rollout's forward passes (None otherwise)
+    graph_log_probs: torch.Tensor | None = None
 
     @property
     def num_steps(self) -> int:
@@ -461,13 +469,18 @@ class FluxGenerator:
         decode: bool = True,
         output_type: str = "pt",
         embeds: PromptEmbeds | None = None,
+        grad_steps: Sequence[int] = (),
     ) -> Trajectory:
         """Sample one image per (prompt, seed) by looping :func:`sde_step` from sigma 1 to 0.
 
         ``seeds`` seed one CPU generator per sample: it draws the initial noise (as FluxPipeline
         does with a list of generators) and then the SDE noise, so a sample does not depend on its
         batch mates. ``sde_steps``: the step indices that use ``dynamics`` with ``noise_level``
-        (default all); the others are ODE steps with log-prob 0.
+        (default all); the others are ODE steps with log-prob 0. ``grad_steps``: steps whose forward
+        runs with autograd on; their log-probs (the same values as ``log_probs``, with the next latent
+        taken as given, exactly as :meth:`replay` computes them) come back attached to the graph in
+        ``graph_log_probs``, so that a single update right after the rollout need not run those
+        forward passes again.
         """
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         seeds = list(seeds)
@@ -487,18 +500,31 @@ class FluxGenerator:
         sigma_max = float(sigmas[1]) if steps > 1 else 0.5
         gens = [torch.Generator().manual_seed(int(s)) for s in seeds]
         x = self.initial_noise(seeds, h, w, generators=gens)
-        states, log_probs = [x], []
+        grad_steps = sorted({int(i) for i in grad_steps})
+        if any(not (0 <= i < steps and levels[i] > 0) for i in grad_steps):
+            raise ValueError(f"grad_steps {grad_steps}: each must be a noisy step in 0..{steps - 1} "
+                             f"(noise levels {levels.tolist()})")
+        states, log_probs, graph = [x], [], []    # graph: (B,) tensors; stacked with autograd on below
         for i in range(steps):
-            v = self.forward(x, sigmas[i], emb.prompt_embeds, emb.pooled, g_val,
-                             negative=neg, true_cfg_scale=scale, height=h, width=w)
+            with torch.set_grad_enabled(i in grad_steps):
+                v = self.forward(x, sigmas[i], emb.prompt_embeds, emb.pooled, g_val,
+                                 negative=neg, true_cfg_scale=scale, height=h, width=w)
             dyn = dynamics if levels[i] > 0 else "ode"
-            x, lp, _, _ = sde_step(v, x, sigmas[i], sigmas[i + 1], float(levels[i]), dyn,
-                                   generator=gens, sigma_max=sigma_max)
+            x_next, lp, _, _ = sde_step(v.detach(), x, sigmas[i], sigmas[i + 1], float(levels[i]), dyn,
+                                        generator=gens, sigma_max=sigma_max)
+            if i in grad_steps:
+                with torch.enable_grad():
+                    _, lp_g, _, _ = sde_step(v, x, sigmas[i], sigmas[i + 1], float(levels[i]), dyn,
+                                             prev_sample=x_next, sigma_max=sigma_max)
+                graph.append(lp_g)
+                lp = lp_g.detach()
+            x = x_next
             states.append(x)
             log_probs.append(lp)
         traj = Trajectory(latents=torch.stack(states, 1), log_probs=torch.stack(log_probs, 1),
                           sigmas=sigmas, noise_levels=levels, dynamics=dynamics, embeds=emb,
-                          guidance=g_val, height=h, width=w, negative=neg, true_cfg_scale=scale)
+                          guidance=g_val, height=h, width=w, negative=neg, true_cfg_scale=scale,
+                          graph_log_probs=_stack_with_grad(graph))
         if decode:
             traj.images = self.decode(x, h, w, output_type)
         return traj

@@ -72,8 +72,15 @@ class TrainSettings:
     micro_batch: int = 0          # samples per forward/backward pass (0: all kept samples)
     updates_per_iteration: int = 1  # optimizer steps per iteration (gradient accumulation inside)
     ema_decay: float = 0.0        # 0: no EMA of the LoRA weights
+    # keep the rollout's autograd graph of the trained steps and backpropagate through it instead of
+    # running those forward passes again: "auto" (small models, one update, most of the group kept),
+    # "on" or "off" -- see rl.trainer.reuse_rollout_graph
+    reuse_rollout_graph: str = "auto"
 
     def __post_init__(self) -> None:
+        if self.reuse_rollout_graph not in ("auto", "on", "off"):
+            raise ConfigError(f"train.reuse_rollout_graph must be 'auto', 'on' or 'off', "
+                              f"got {self.reuse_rollout_graph!r}")
         if self.normalise_over not in ("group", "kept"):
             raise ConfigError(f"train.normalise_over must be 'group' or 'kept', got {self.normalise_over!r}")
         if self.clip_range <= 0:

@@ -91,7 +91,9 @@ def cat_trajectories(parts: Sequence[Trajectory]) -> Trajectory:
         embeds=PromptEmbeds(torch.cat([p.embeds.prompt_embeds for p in parts]),
                             torch.cat([p.embeds.pooled for p in parts])),
         guidance=first.guidance, height=first.height, width=first.width, negative=neg,
-        true_cfg_scale=first.true_cfg_scale)
+        true_cfg_scale=first.true_cfg_scale,
+        graph_log_probs=(torch.cat([p.graph_log_probs for p in parts])
+                         if all(p.graph_log_probs is not None for p in parts) else None))
 
 
 def select(traj: Trajectory, idx: torch.Tensor) -> Trajectory:
@@ -100,7 +102,8 @@ def select(traj: Trajectory, idx: torch.Tensor) -> Trajectory:
     return Trajectory(latents=traj.latents[idx], log_probs=traj.log_probs[idx], sigmas=traj.sigmas,
                       noise_levels=traj.noise_levels, dynamics=traj.dynamics, embeds=traj.embeds.index(idx),
                       guidance=traj.guidance, height=traj.height, width=traj.width, negative=neg,
-                      true_cfg_scale=traj.true_cfg_scale)
+                      true_cfg_scale=traj.true_cfg_scale,
+                      graph_log_probs=None if traj.graph_log_probs is None else traj.graph_log_probs[idx])
 
 
 def _dist() -> tuple[int, int]:
@@ -117,6 +120,31 @@ def _all_sum(t: torch.Tensor) -> torch.Tensor:
         dist.all_reduce(buf, op=dist.ReduceOp.SUM)
         t = buf.to(t.device)
     return t
+
+
+GRAPH_REUSE_MAX_PARAMS = 50_000_000   # "auto" keeps rollout graphs only for models this small
+
+
+def reuse_rollout_graph(tc: Any, group_size: int, lora_dropout: float, n_params: int) -> bool:
+    """Whether the update backpropagates through the rollout's own graph (``train.reuse_rollout_graph``).
+
+    Exact only when the update is one optimizer step on the rollout's weights with the rollout's
+    arithmetic: one update per iteration, no KL term (it needs the reference pass anyway), no LoRA
+    dropout. It then saves the forward passes of the trained steps, at the cost of holding their
+    activations for the whole group from sampling to the update and of a backward pass over every
+    sample (also the ones top-k drops) -- so "auto" takes it for small models (at most
+    ``GRAPH_REUSE_MAX_PARAMS`` transformer parameters) when at least two thirds of the group is kept.
+    """
+    exact = tc.updates_per_iteration == 1 and tc.kl_coef == 0 and lora_dropout == 0
+    if tc.reuse_rollout_graph == "off":
+        return False
+    if tc.reuse_rollout_graph == "on":
+        if not exact:
+            raise ConfigError("train.reuse_rollout_graph 'on' needs updates_per_iteration 1, kl_coef 0 and "
+                              "lora.dropout 0 (otherwise the update is not the rollout's forward)")
+        return True
+    kept = group_size if tc.topk == 0 else min(group_size, 2 * tc.topk)
+    return exact and 3 * kept >= 2 * group_size and n_params <= GRAPH_REUSE_MAX_PARAMS
 
 
 class GRPOTrainer:
@@ -150,6 +178,8 @@ class GRPOTrainer:
         self.optimizer = torch.optim.AdamW(self.params, lr=tc.lr, betas=tuple(tc.betas),
                                            weight_decay=tc.weight_decay)
         self.ema = [p.detach().clone() for p in self.params] if tc.ema_decay > 0 else None
+        self.reuse_graph = reuse_rollout_graph(tc, cfg.sample.group_size, lc.dropout,
+                                               sum(p.numel() for p in gen.transformer.parameters()))
         self.iteration = 0            # iterations completed
         self.history: list[dict[str, Any]] = []
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="reward")
@@ -166,7 +196,8 @@ class GRPOTrainer:
             t = self.gen.sample([prompt] * n, seeds[i:i + n], steps=sc.steps, dynamics=sc.dynamics,
                                 noise_level=sc.noise_level, guidance=sc.guidance,
                                 true_cfg_scale=sc.true_cfg_scale, negative_prompt=sc.negative_prompt,
-                                height=sc.height, width=sc.width, sde_steps=sc.sde_steps, output_type="pil")
+                                height=sc.height, width=sc.width, sde_steps=sc.sde_steps, output_type="pil",
+                                grad_steps=self.steps if self.reuse_graph else ())
             images.extend(t.images)
             t.images = None
             parts.append(t)
@@ -221,11 +252,16 @@ class GRPOTrainer:
                 # a zero advantage contributes no gradient (zero-std groups, ties at the mean):
                 # skip those rows' passes; they still count in the denominator like in a full pass
                 chunk = chunk[batch_adv[chunk] != 0]
-            mb = tc.micro_batch or max(len(chunk), 1)
-            for start in range(0, len(chunk), mb):
+            graph = batch.graph_log_probs if groups else None
+            # the rollout's own graph (reuse_graph): one backward over all rows, no forward pass again
+            mb = len(chunk) if graph is not None else (tc.micro_batch or max(len(chunk), 1))
+            for start in range(0, len(chunk), max(mb, 1)):
                 idx = chunk[start:start + mb]
                 rows = len(idx) * n_steps
-                lp, mean, std = self.gen.replay(batch, self.steps, index=idx)
+                if graph is not None:
+                    lp, mean, std = graph[idx], None, None
+                else:
+                    lp, mean, std = self.gen.replay(batch, self.steps, index=idx)
                 old = batch.log_probs[idx][:, self.steps]
                 a = batch_adv[idx, None].to(lp.device).expand_as(lp)
                 policy, st = grpo_clipped_loss(lp, old, a, tc.clip_range)
