@@ -13,7 +13,10 @@ One iteration, on each rank:
    the stored rollout log-probs as the old policy. PPO-clipped loss plus optional KL to the
    reference (the same network with the LoRA disabled). The loss is a sum over rows divided by the
    number of rows over all ranks, and LoRA gradients are summed over ranks, so W processes take
-   exactly the step one process takes on the same groups.
+   exactly the step one process takes on the same groups. When the update is exactly the rollout's
+   forward (one optimizer step, no KL, no LoRA dropout) and the model is small, the rollout keeps
+   the autograd graph of the trained steps and the update backpropagates through it instead of
+   replaying them (``train.reuse_rollout_graph``, :func:`reuse_rollout_graph`; same update, tested).
 
 Every iteration's prompts and seeds are a pure function of ``(seed, iteration, group index)``;
 with the optimizer and EMA state in the checkpoint a resumed run continues identically.
