@@ -17,7 +17,6 @@ from functools import lru_cache
 
 import numpy as np
 from PIL import Image
-from scipy import ndimage
 from numpy.lib.stride_tricks import as_strided
 
 from .render import template
@@ -29,8 +28,7 @@ BG, UNKNOWN = len(PALETTE_NAMES), -1
 MAX_COLOUR_DIST = 110.0
 MIN_FIT = 0.55
 MIN_AREA_FRAC = 0.0015  # components smaller than this share of the canvas are noise
-_EIGHT = ndimage.generate_binary_structure(2, 2)
-_FOUR = ndimage.generate_binary_structure(2, 1)
+_EIGHT = np.ones((3, 3), bool)  # 8-connectivity
 
 
 @dataclass(frozen=True)
@@ -185,6 +183,8 @@ def components(labels: np.ndarray, colour: str) -> tuple[list[Component], np.nda
     """The candidate components of ``colour`` (noise-sized ones dropped) and the mask of other
     objects' pixels (None when the colour is absent). Shape-independent: shared by every object
     of that colour."""
+    from scipy import ndimage  # imported on first use: a process that only configures a build skips it
+
     H, W = labels.shape
     ci = PALETTE_NAMES.index(colour)
     mask = labels == ci

@@ -17,7 +17,6 @@ from itertools import combinations
 from typing import Iterable
 
 import numpy as np
-import scipy.fft as sfft
 
 from . import offsets as O
 from .layout import DEPTH_KINDS, GAP, _filter, _partners
@@ -52,6 +51,8 @@ def reaches(cand_a: np.ndarray, cand_b: np.ndarray, ok: np.ndarray) -> bool:
     if len(ya) * len(yb) <= DIRECT_MAX:
         flat = (ya[:, None] - yb[None, :] + GRID - 1) * SPAN + (xa[:, None] - xb[None, :] + GRID - 1)
         return bool(ok.ravel()[flat].any())
+    import scipy.fft as sfft  # imported on first use (most calls never get here)
+
     ia, ib = np.zeros((FFT_SIDE, FFT_SIDE)), np.zeros((FFT_SIDE, FFT_SIDE))
     ia[ya, xa] = 1.0
     ib[yb, xb] = 1.0

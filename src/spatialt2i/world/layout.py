@@ -14,7 +14,6 @@ from functools import lru_cache
 from typing import Iterable
 
 import numpy as np
-from scipy import ndimage
 
 from ..errors import UnsatisfiableSceneError
 from . import geometry as G
@@ -270,6 +269,8 @@ def _filter(scene: Scene, i: int, placed: dict[int, tuple[float, float]],
 
 def _depth_ok(scene: Scene, placed_scene: Scene, i: int, placed: dict, m: float) -> bool:
     """Raster checks for occlusions involving object i: enough overlap, back object visible."""
+    from scipy import ndimage  # imported on first use: a process that only configures a build skips it
+
     objs = placed_scene.objects
     for r in placed_scene.relations:
         if r.kind not in DEPTH_KINDS or i not in r.objects or not all(j in placed for j in r.objects):
