@@ -12,6 +12,7 @@ import json
 import multiprocessing as mp
 import shutil
 import sys
+import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -75,6 +76,16 @@ def _run_task(args: tuple[ShardTask, MakeRows, str]) -> tuple[ShardTask, int, di
     return task, len(rows), failures
 
 
+def _preload_plotting() -> threading.Thread:
+    """Import the card's plotting stack in the background while the workers build (it would
+    otherwise be imported after the last shard, with every worker idle)."""
+    from .stats import pyplot
+
+    thread = threading.Thread(target=pyplot, name="preload-pyplot", daemon=True)
+    thread.start()
+    return thread
+
+
 def _prepare(out: Path, meta: dict[str, Any], overwrite: bool, resume: bool) -> None:
     manifest = out / "build.json"
     if out.exists() and any(out.iterdir()):
@@ -117,10 +128,17 @@ def run_build(out: str | Path, tasks: list[ShardTask], make_rows: MakeRows, meta
     bar = tqdm(total=total_rows, unit="pair", disable=not progress or (state is not None and not state.is_main_process),
                file=sys.stderr, desc=f"building {out.name}")
     jobs = [(t, make_rows, str(out)) for t in mine]
+    writes_card = state is None or state.is_main_process
     if workers > 1 and len(jobs) > 1:
+        # Largest shards first, so the small ones fill in at the end and no worker finishes long
+        # before the others (the shards' contents do not depend on the order).
+        jobs.sort(key=lambda job: -job[0].n_rows)
+        preload = _preload_plotting() if writes_card else None
         with mp.get_context("spawn").Pool(workers) as pool:
             for task, n, _ in pool.imap_unordered(_run_task, jobs):
                 bar.update(n)
+        if preload is not None:
+            preload.join()
     else:
         for job in jobs:
             task, n, _ = _run_task(job)
@@ -134,7 +152,7 @@ def run_build(out: str | Path, tasks: list[ShardTask], make_rows: MakeRows, meta
         if f.exists():
             for k, v in json.loads(f.read_text())["failures"].items():
                 failures[k] = failures.get(k, 0) + v
-    if state is None or state.is_main_process:
+    if writes_card:
         from .stats import write_card
         write_card(out, failures=failures, meta=meta)
     return BuildReport(out, sum(t.n_rows for t in tasks), len(pending), skipped, failures, time.time() - t0)

@@ -61,11 +61,16 @@ def compute_stats(root: str | Path, failures: dict[str, int] | None = None) -> d
     }
 
 
-def write_figures(stats: dict[str, Any], out_dir: Path) -> list[str]:
+def pyplot():
+    """matplotlib.pyplot on the Agg backend (imported on first call: about half a second)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    return plt
 
+
+def write_figures(stats: dict[str, Any], out_dir: Path) -> list[str]:
+    plt = pyplot()
     out_dir.mkdir(parents=True, exist_ok=True)
     panels = [
         ("relations_per_prompt", "Relations per prompt", stats["relations_per_prompt"]["hist"]),
