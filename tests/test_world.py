@@ -117,3 +117,21 @@ def test_pick_draws_like_numpy_choice():
         w = np.random.default_rng(seed).random(1 + seed % 9) + 1e-9
         a, b = np.random.default_rng([seed, 1]), np.random.default_rng([seed, 1])
         assert [pick(a, w) for _ in range(5)] == [int(b.choice(len(w), p=w / w.sum())) for _ in range(5)]
+
+
+def test_directional_scalar_path_matches_arrays():
+    """One pair of boxes (floats) takes a float path; it must agree exactly with the array path."""
+    from spatialt2i.world import geometry as G
+    rng = np.random.default_rng(0)
+    n = 4000
+    ax, ay, bx, by = (np.round(rng.random(n), 2) for _ in range(4))
+    sa, sb = rng.random(n) * 0.4, rng.random(n) * 0.4
+    bx[:200], by[:100] = ax[:200], ay[:100]  # zero offsets on one or both axes
+    dxa, dya = G._axis_parts(ax, ay, sa, bx, by, sb)
+    for i in range(n):
+        assert G._axis_parts(float(ax[i]), ay[i], sa[i], bx[i], by[i], sb[i]) == (dxa[i], dya[i])
+    for kind in ("left_of", "below_right", "above"):
+        for m in (0.0, 1.0):
+            arr = G.directional(kind, (ax, ay, sa), (bx, by, sb), m)
+            assert all(bool(G.directional(kind, (ax[i], ay[i], sa[i]), (bx[i], by[i], sb[i]), m)) == arr[i]
+                       for i in range(n))
