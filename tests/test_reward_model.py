@@ -151,6 +151,24 @@ def test_save_then_load_gives_identical_scores(model: SpatialScore, tmp_path: Pa
         model.save_pretrained(tmp_path / "other")
 
 
+def test_backbone_position_features_come_back_with_from_pretrained(tmp_path: Path) -> None:
+    """A backbone folder with posfeat files (the shipped world backbone): every load path attaches them."""
+    from spatialt2i.reward import posfeat
+    from spatialt2i.reward.train_config import ASSETS
+
+    backbone = ASSETS / "world-vlm-small"
+    m = SpatialScore.from_backbone(backbone, lora=LoraSettings(r=4, alpha=8))
+    assert posfeat.attached(m.vlm) is not None
+    perturb_(m)
+    imgs = images(2, seed=5)
+    ref = m.score(PROMPTS[:2], imgs)["mu"]
+    loaded = SpatialScore.from_pretrained(m.save_pretrained(tmp_path / "ckpt"))
+    assert posfeat.attached(loaded.vlm) is not None
+    assert torch.equal(loaded.score(PROMPTS[:2], imgs)["mu"], ref)
+    posfeat.detach(loaded.vlm)
+    assert not torch.allclose(loaded.score(PROMPTS[:2], imgs)["mu"], ref)   # the features matter
+
+
 def test_new_reward_token_is_added_and_round_trips(tiny: Path, tmp_path: Path) -> None:
     m = SpatialScore.from_backbone(tiny, lora=LoraSettings(r=4, alpha=8), reward_token="<score>")
     assert m.reward_token_id == len(m.tokenizer) - 1

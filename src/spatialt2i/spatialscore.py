@@ -39,8 +39,7 @@ def load(model: str | os.PathLike | None = None, device: str | None = None, dtyp
                 _CACHE[key] = RewardClient(name)
             else:
                 from .reward.model import SpatialScore
-                from .reward.trainer import attach_backbone_extras
-                _CACHE[key] = attach_backbone_extras(SpatialScore.from_pretrained(name, device=dev, dtype=dtype))
+                _CACHE[key] = SpatialScore.from_pretrained(name, device=dev, dtype=dtype)
         return _CACHE[key]
 
 

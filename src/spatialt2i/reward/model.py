@@ -33,6 +33,7 @@ import torch
 from PIL import Image
 from torch import Tensor, nn
 
+from . import posfeat
 from .backbone import (REWARD_TOKEN, ModelLoadError, check_model_source, encode, load_image_processor,
                        load_tokenizer, load_vlm)
 from .head import GaussianHead
@@ -153,6 +154,9 @@ class SpatialScore(nn.Module):
         from safetensors.torch import load_file
 
         vlm = load_vlm(config.base_model, resolve_dtype(dtype, device))
+        # the tiny world backbone's optional visual position features (reward/posfeat.py); a no-op for
+        # a hub id or a stock folder
+        posfeat.attach_if_present(vlm, config.base_model)
         emb_row = add_reward_token(vlm, tokenizer, config.reward_token)
         hidden = vlm.config.text_config.hidden_size
         with torch.random.fork_rng(devices=[]):

@@ -980,7 +980,6 @@ def finetune_probe(backbone: str | os.PathLike, data: str | os.PathLike, minutes
     torch.set_num_threads(threads)
     torch.manual_seed(seed)
     sm = SpatialScore.from_backbone(str(backbone), lora=LoraSettings(), seed=seed)
-    posfeat.attach_if_present(sm.vlm, backbone)
     test = load_pairs(data, "test", n_test)
     params = sm.trainable_parameters()
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)

@@ -344,7 +344,6 @@ class RewardTrainer:
         model = SpatialScore.from_backbone(
             cfg.resolved_base_model(), lora=cfg.lora.settings() if cfg.lora else None, head_hidden=cfg.head_hidden,
             device=acc.device, dtype=self._model_dtype(acc.device), seed=cfg.seed)
-        attach_backbone_extras(model)
         if cfg.gradient_checkpointing and acc.device.type == "cuda":
             model.enable_gradient_checkpointing()
         opt = self._optimizer(model)
@@ -440,23 +439,12 @@ class RewardTrainer:
 
 # ---------------------------------------------------------------------------------------------- helpers
 
-def attach_backbone_extras(model: Any) -> Any:
-    """Attach what the backbone folder carries beyond the stock classes (the tiny world backbone's
-    optional visual position features, ``reward/posfeat.py``); a no-op for a hub id or a stock folder,
-    and when they are attached already. Returns ``model``."""
-    from . import posfeat
-
-    if posfeat.attached(model.vlm) is None:
-        posfeat.attach_if_present(model.vlm, model.config.base_model)
-    return model
-
-
 def load_scorer(path: str | os.PathLike, device: str | None = None) -> Any:
-    """``SpatialScore.from_pretrained(path)`` on ``device`` (default: cuda if available) with the backbone extras."""
+    """``SpatialScore.from_pretrained(path)`` on ``device`` (default: cuda if available)."""
     from .model import SpatialScore
 
     dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    return attach_backbone_extras(SpatialScore.from_pretrained(path, device=dev))
+    return SpatialScore.from_pretrained(path, device=dev)
 
 
 def use_cpu() -> bool:
