@@ -235,8 +235,11 @@ def test_backbone_position_features_are_carried_into_training_and_loading(tiny: 
     with_pf = load_scorer(tmp_path / "run" / "model", "cpu")
     assert posfeat.attached(with_pf.vlm) is not None
     plain = SpatialScore.from_pretrained(tmp_path / "run" / "model")
-    assert posfeat.attached(plain.vlm) is None
+    assert posfeat.attached(plain.vlm) is not None        # every load path attaches them
     from spatialt2i.reward.collate import iter_pair_batches
 
     b = next(iter_pair_batches(dataset, "test", batch_size=2))
-    assert not torch.allclose(with_pf.score(*b.model_inputs())["mu"], plain.score(*b.model_inputs())["mu"])
+    ref = with_pf.score(*b.model_inputs())["mu"]
+    assert torch.equal(plain.score(*b.model_inputs())["mu"], ref)
+    posfeat.detach(plain.vlm)
+    assert not torch.allclose(plain.score(*b.model_inputs())["mu"], ref)
