@@ -51,6 +51,68 @@ def test_sampler_labels_and_positions(tiny):
     assert (b.inputs["mm_token_type_ids"].sum(1) == 16).all()
 
 
+def test_hint_targets_sit_on_the_right_tokens(tiny):
+    """Attention hints, comparison and matching targets point at the tokens they describe."""
+    _, tok, ip = tiny
+    cfg = PretrainConfig()
+    sm = WorldSampler(tok, seed=3, pool=20)
+    sm.fill()
+    sm.p_canonical = 0.5
+    samples = [sm.sample(easy, vqa, cfg) for easy in (True, False) for vqa in (True, False) for _ in range(4)]
+    samples += [sm.object_list(False, cfg) for _ in range(2)]
+    b = collate(samples, tok, ip, answer_ids(tok))
+    ids, h = b.inputs["input_ids"], b.hints
+    word = lambda r, p: tok.decode([int(ids[r, p])]).strip()  # noqa: E731
+    shapes = {"circle", "square", "triangle", "star", "diamond", "cross"}
+    assert len(h.bind) and all(word(r, p) in shapes and word(r, q) in COLOURS for r, p, q in h.bind.tolist())
+    assert len(h.ground) and all(word(r, p) in shapes for r, p in h.ground.tolist())
+    torch.testing.assert_close(h.ground_tgt.sum(1), torch.ones(len(h.ground)))
+    pad = tok.convert_tokens_to_ids("<|image_pad|>")
+    assert all(int(ids[r, h.img_start[r]]) == pad and int(ids[r, h.img_start[r] - 1]) != pad
+               for r in range(len(samples)))
+    assert len(h.role) and all(word(r, k) in shapes for r, _, *keys in h.role.tolist() for k in keys if k >= 0)
+    # relation-word keys: never an object name, weights uniform per query
+    names = shapes | set(COLOURS) | {"small", "medium", "large"}
+    for (r, _), keys, w in zip(h.rel.tolist(), h.rel_keys.tolist(), h.rel_tgt.tolist()):
+        got = [word(r, k) for k, x in zip(keys, w) if x > 0]
+        assert got and not (set(got) & names)
+    reward = tok.convert_tokens_to_ids("<reward>")
+    assert len(b.itm) and all(int(ids[r, p]) == reward for r, p, _ in b.itm.tolist())
+    assert len(b.cmp) and set(b.cmp[:, 2:].flatten().tolist()) <= {0, 1, 2}
+
+
+def test_new_recipe_losses_fall(tiny, tmp_path):
+    """The hint / comparison / matching objectives train (eager attention for the hints)."""
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    _, tok, ip = tiny
+    torch.manual_seed(0)
+    from spatialt2i.reward.tiny import init_tiny
+
+    d = init_tiny(tmp_path / "m", "small", seed=0, layers=3)
+    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(str(d), dtype=torch.float32,
+                                                               attn_implementation="eager")
+    assert model.config.text_config.num_hidden_layers == 3
+    posfeat.new(model, seed=0, coord_scale=2.0)
+    cfg = PretrainConfig(batch=8, w_hint=1.0, w_cmp=1.0, w_itm=1.0)
+    sm = WorldSampler(tok, seed=2, pool=10)
+    sm.fill()
+    b = collate([sm.sample(True, i % 2 == 0, cfg) for i in range(8)], tok, ip, answer_ids(tok))
+    probes = Probes(model.config.text_config.hidden_size)
+    params = list(model.parameters()) + list(posfeat.attached(model).parameters()) + list(probes.parameters())
+    opt = torch.optim.AdamW(params, lr=2e-3)
+    first = last = None
+    for _ in range(12):
+        loss, logs = forward_losses(model, probes, b, cfg)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        first = first or logs
+        last = logs
+    assert {"h_bind", "h_ground", "h_role", "h_rel", "cmp"} <= set(last)
+    assert last["loss"] < 0.8 * first["loss"] and last["h_ground"] < first["h_ground"]
+
+
 def test_judge_matches_truth():
     from spatialt2i.world.sample import random_scene, true_relations
 

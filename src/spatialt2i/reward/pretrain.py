@@ -79,6 +79,7 @@ CMP_LEVEL = 0.04                     # |centre difference| below this counts as 
 @dataclass
 class PretrainConfig:
     size: str = "small"
+    text_layers: int = 0             # > 0: override the size's number of text layers
     minutes: float = 45.0            # training time (evaluation excluded)
     batch: int = 24                  # sequences per step
     lr: float = 1e-3
@@ -837,7 +838,7 @@ def pretrain(out_dir: str | os.PathLike, cfg: PretrainConfig, resume: bool = Fal
         if state_file.is_file() and not resume:
             raise FileExistsError(f"--out {out}: a run is already there (use --resume, or a new folder)")
         resume = False
-        init_tiny(init_dir, size=cfg.size, seed=cfg.seed)
+        init_tiny(init_dir, size=cfg.size, seed=cfg.seed, layers=cfg.text_layers)
     from transformers import Qwen2_5_VLForConditionalGeneration
 
     model = Qwen2_5_VLForConditionalGeneration.from_pretrained(

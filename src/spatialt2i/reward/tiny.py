@@ -79,8 +79,9 @@ def build_image_processor(patch: int = PATCH_SIZE) -> Any:
                                    min_pixels=side, max_pixels=side)
 
 
-def build_config(tokenizer: Any, size: str = "small") -> Any:
-    """A ``Qwen2_5_VLConfig`` of the given tiny size whose special ids match ``tokenizer``."""
+def build_config(tokenizer: Any, size: str = "small", layers: int = 0) -> Any:
+    """A ``Qwen2_5_VLConfig`` of the given tiny size whose special ids match ``tokenizer``
+    (``layers`` > 0 overrides the size's number of text layers)."""
     from transformers import Qwen2_5_VLConfig
 
     if size not in SIZES:
@@ -92,7 +93,7 @@ def build_config(tokenizer: Any, size: str = "small") -> Any:
     mrope = [half - 2 * (3 * half // 8), 3 * half // 8, 3 * half // 8]   # 16 -> [4, 6, 6], like 64 -> [16, 24, 24]
     return Qwen2_5_VLConfig(
         text_config=dict(vocab_size=len(tokenizer), hidden_size=s["hidden"], intermediate_size=s["mlp"],
-                         num_hidden_layers=s["layers"], num_attention_heads=s["heads"],
+                         num_hidden_layers=layers or s["layers"], num_attention_heads=s["heads"],
                          num_key_value_heads=s["kv_heads"], max_position_embeddings=2048,
                          rope_parameters=dict(rope_type="default", rope_theta=10000.0, mrope_section=mrope),
                          bos_token_id=None, eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"]),
@@ -104,13 +105,13 @@ def build_config(tokenizer: Any, size: str = "small") -> Any:
         vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"])
 
 
-def init_tiny(out_dir: str | os.PathLike, size: str = "small", seed: int = 0) -> Path:
+def init_tiny(out_dir: str | os.PathLike, size: str = "small", seed: int = 0, layers: int = 0) -> Path:
     """Build and save a random-init tiny Qwen2.5-VL, its tokenizer and image processor to ``out_dir``."""
     from transformers import Qwen2_5_VLForConditionalGeneration
 
     out = Path(out_dir)
     tok = build_tokenizer(seed=seed)
-    cfg = build_config(tok, size)
+    cfg = build_config(tok, size, layers)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = Qwen2_5_VLForConditionalGeneration(cfg)
