@@ -21,8 +21,22 @@ forward pass per batch):
 * **VQA** -- 1-4 chat turns "<clause> ?" -> "yes"/"no" on one image (LM loss on the answer, plus
   the clause-truth probe at the clause's last token).
 
+Optional objectives (the shipped presets turn them on; all off by default):
+
+* ``w_hint`` -- *attention hints* (``reward/attn_hints.py``): chosen heads are told where to look --
+  a shape word at its colour word, then at its object's visual tokens; a clause's last token (and
+  the token that predicts a VQA answer) at the shape words of the relation's objects and, evenly,
+  at its relation words. This is the step the earlier trials never formed by themselves.
+* ``w_cmp`` -- at the same query tokens, a relation-agnostic comparison: does the first object lie
+  before, level with or after the second along x and along y.
+* ``w_itm`` -- statements end with the ``<reward>`` token, where a probe predicts whether every
+  clause is true (image-text matching at the position the reward model reads).
+
 Curriculum: during the first ``curriculum`` share of the run, most samples are easy -- 2-3 objects,
-left/right/above/below only, canonical wording -- then the full world distribution.
+left/right/above/below only, canonical wording -- then the full world distribution, with
+``p_easy_end`` of easy samples kept. For the first ``canonical`` share, easy clauses say only
+"left of" / "above" and false ones swap the two objects, so truth is the plain comparison before
+the wording's direction has to be learned.
 
 Vision: the tiny model needs centred, normalised visual tokens with absolute (row, col) features
 (``reward/posfeat.py``), an optional part that the saved folder carries and the full-scale path
