@@ -12,8 +12,8 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from spatialt2i.reward import posfeat  # noqa: E402
-from spatialt2i.reward.pretrain import (  # noqa: E402
-    PretrainConfig, Probes, WorldSampler, answer_ids, collate, forward_losses, load_backbone, save_backbone)
+from spatialt2i.reward.pretrain import PretrainConfig, Probes, forward_losses, load_backbone, save_backbone  # noqa: E402
+from spatialt2i.reward.pretrain_data import WorldSampler, answer_ids, collate  # noqa: E402
 
 from spatialt2i.world.vocab import COLOURS  # noqa: E402
 

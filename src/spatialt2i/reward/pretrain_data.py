@@ -1,0 +1,546 @@
+"""World pretraining data of the tiny VLM backbone: samples (image + worded clauses + targets) and batches.
+
+:class:`WorldSampler` draws scenes from a pool of solved layouts and words them like the world's
+prompts -- object lists, relation statements (some clauses false) and yes/no questions -- with the
+targets of ``reward/pretrain.py`` (clause truth, per-mention gather, comparison, matching) and of the
+attention hints (``reward/attn_hints.py``). :func:`collate` tokenises a batch and maps every target's
+character offset to its token position.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Sequence
+
+import numpy as np
+import torch
+
+from ..errors import UnsatisfiableSceneError
+from ..world.render import render
+from ..world.sample import _state, random_scene, true_relations
+from ..world.scene import Obj, Relation, Scene
+from ..world.text import JOINS, OPENERS, REGION_WORDS, TEMPLATES
+from ..world.truth import relation_holds
+from ..world.vocab import COLOURS, FLIP, OPPOSITE_REGION, SHAPES, SIZES
+from .attn_hints import Hints, box_cell_weights
+from .backbone import REWARD_TOKEN
+from .prompt import DEFAULT_INSTRUCTION
+
+if TYPE_CHECKING:
+    from .pretrain import PretrainConfig
+
+AXIS = ("left_of", "right_of", "above", "below")
+GROUPS = {"axis": AXIS, "diagonal": ("above_left", "above_right", "below_left", "below_right"),
+          "placement": ("at",), "depth": ("in_front_of", "behind"), "size": ("bigger", "smaller"),
+          "between": ("between",)}
+GROUP_OF = {k: g for g, ks in GROUPS.items() for k in ks}
+GROUP_WEIGHTS = {"axis": 0.3, "diagonal": 0.15, "placement": 0.14, "depth": 0.12, "size": 0.12, "between": 0.17}
+SIZE_NAMES = tuple(SIZES)
+NCELL = 8
+N_MENTION = 2 * NCELL + len(SIZE_NAMES) + 1
+CMP_LEVEL = 0.04                     # |centre difference| below this counts as level
+
+
+# ----------------------------------------------------------------------------------------------------
+# data: scenes, clauses, targets
+# ----------------------------------------------------------------------------------------------------
+
+@dataclass
+class Clause:
+    text: str
+    truth: int                               # 1 true, 0 false
+    mentions: list[tuple[int, int]]          # (char offset of the mention's last char, image object or -1)
+
+
+@dataclass
+class Sample:
+    image: Any
+    text: str                                # full chat text with one <|image_pad|> placeholder
+    truth: list[tuple[int, int]]             # (char of the clause's last char, 0/1)
+    mentions: list[tuple[int, int, int, int, int]]   # (char, present, xcell, ycell, size)
+    answers: list[tuple[int, int]]           # (char of the answer's first char, 0 yes / 1 no)
+    lm_span: tuple[int, int] | None          # chars whose tokens get the LM loss
+    kind: str
+    # attention hints (reward/attn_hints.py): (shape char, colour char, box in the image or None)
+    grounds: list[tuple[int, int, tuple[float, float, float, float] | None]] = field(default_factory=list)
+    # (query char, query predicts the answer starting there, shape char of each role, (cmp x, cmp y))
+    # cmp = where role a lies from role b along the axis: 0 before, 1 level, 2 after; -1 unknown
+    roles: list[tuple[int, bool, tuple[int, ...], tuple[int, int]]] = field(default_factory=list)
+    # image-text matching: (char of the <reward> token, 1 if every clause is true)
+    itm: list[tuple[int, int]] = field(default_factory=list)
+
+
+def _relabel(rng: np.random.Generator, objs: Sequence[Obj]) -> list[Obj]:
+    names = [(c, s) for c in COLOURS for s in SHAPES]
+    idx = rng.choice(len(names), size=len(objs), replace=False)
+    return [Obj(names[k][1], names[k][0], o.size, o.x, o.y, o.depth) for o, k in zip(objs, idx)]
+
+
+def _canonical(rel: Relation) -> Relation:
+    """An axis relation stated with "left of" / "above" (right_of(a, b) -> left_of(b, a))."""
+    canon = {"right_of": "left_of", "below": "above"}
+    if rel.kind in canon:
+        return Relation(canon[rel.kind], rel.objects[::-1])
+    return rel
+
+
+def _transform(rng: np.random.Generator, objs: Sequence[Obj]) -> list[Obj]:
+    g = int(rng.integers(8))
+    out = []
+    for o in objs:
+        x, y = o.x, o.y
+        if g & 1:
+            x = 1 - x
+        if g & 2:
+            y = 1 - y
+        if g & 4:
+            x, y = y, x
+        out.append(o.at(x, y))
+    return out
+
+
+class WorldSampler:
+    """Training/eval samples from a pool of solved layouts, varied by flips, transposes and new names."""
+
+    def __init__(self, tokenizer: Any, seed: int, pool: int = 1500, refresh: int = 2, colour_marks: bool = True) -> None:
+        self.rng = np.random.default_rng(seed)
+        self.colour_marks = colour_marks
+        self.tok = tokenizer
+        self.pool_size, self.refresh = pool, refresh
+        self.pool: list[tuple[Obj, ...]] = []
+        self.p_canonical = 0.0       # share of easy clauses in canonical wording (set by the curriculum)
+
+    # -- layouts
+    def _layout(self) -> tuple[Obj, ...]:
+        while True:
+            try:
+                return random_scene(self.rng).objects
+            except UnsatisfiableSceneError:
+                continue
+
+    def fill(self, n: int | None = None) -> None:
+        while len(self.pool) < (n or self.pool_size):
+            self.pool.append(self._layout())
+
+    def step(self) -> None:
+        for _ in range(self.refresh):
+            lay = self._layout()
+            if len(self.pool) < self.pool_size:
+                self.pool.append(lay)
+            else:
+                self.pool[int(self.rng.integers(len(self.pool)))] = lay
+
+    def scene(self, easy: bool, min_k: int = 2) -> Scene:
+        rng = self.rng
+        objs = list(self.pool[int(rng.integers(len(self.pool)))])
+        if easy:
+            k = int(rng.integers(min_k, 4))
+            keep = sorted(rng.choice(len(objs), size=min(k, len(objs)), replace=False))
+            objs = [objs[i] for i in keep]
+        elif rng.random() < 0.25 and len(objs) > 2:
+            k = int(rng.integers(2, len(objs) + 1))
+            keep = sorted(rng.choice(len(objs), size=k, replace=False))
+            objs = [objs[i] for i in keep]
+        objs = _relabel(rng, _transform(rng, objs))
+        return Scene(tuple(objs))
+
+    # -- relations and truth
+    @staticmethod
+    def judge(image: Scene, text: Scene, rel: Relation) -> int | None:
+        """Truth in ``image`` of ``rel`` stated about ``text``'s names: 1, 0 (beyond doubt) or None."""
+        where = {(o.colour, o.shape): i for i, o in enumerate(image.objects)}
+        mapped = []
+        for j in rel.objects:
+            o = text.objects[j]
+            if (o.colour, o.shape) not in where:
+                return 0
+            mapped.append(where[(o.colour, o.shape)])
+        r = Relation(rel.kind, tuple(mapped), rel.region)
+        if relation_holds(image, r, 1.0):
+            return 1
+        if not relation_holds(image, r, -1.0):
+            return 0
+        return None
+
+    def _false_of(self, rel: Relation, n: int) -> Relation:
+        rng = self.rng
+        if rel.kind in FLIP:
+            return Relation(FLIP[rel.kind], rel.objects)
+        if rel.kind == "at":
+            if rng.random() < 0.5:
+                return Relation("at", rel.objects, OPPOSITE_REGION[rel.region])
+            regs = [r for r in REGION_WORDS if r != rel.region]
+            return Relation("at", rel.objects, regs[int(rng.integers(len(regs)))])
+        a, b, c = rel.objects
+        return Relation("between", (b, a, c)) if rng.random() < 0.5 else Relation("between", (c, b, a))
+
+    def clauses(self, image: Scene, text: Scene, k: int, easy: bool, p_false: float) -> list[tuple[Relation, int]]:
+        rng = self.rng
+        cands = true_relations(image, 1.0)
+        if easy:
+            cands = [r for r in cands if r.kind in AXIS]
+        by_group: dict[str, list[Relation]] = {}
+        for r in cands:
+            by_group.setdefault(GROUP_OF[r.kind], []).append(r)
+        out: list[tuple[Relation, int]] = []
+        used: set[tuple] = set()
+        for _ in range(4 * k):
+            if len(out) >= k or not by_group:
+                break
+            groups = sorted(by_group)
+            w = np.array([GROUP_WEIGHTS[g] for g in groups])
+            g = groups[int(rng.choice(len(groups), p=w / w.sum()))]
+            rel = by_group[g][int(rng.integers(len(by_group[g])))]
+            if easy and rng.random() < self.p_canonical:
+                # canonical words only ("left of", "above"); a false clause swaps the two objects, so
+                # that truth is the plain comparison, before the wording's direction is learned
+                rel = _canonical(rel)
+                if rng.random() < p_false:
+                    rel = Relation(rel.kind, rel.objects[::-1])
+            else:
+                rel = _state(rel, rng)
+                if rng.random() < p_false:
+                    rel = self._false_of(rel, len(image.objects))
+            key = (frozenset(rel.objects), GROUP_OF[rel.kind])
+            if key in used:
+                continue
+            t = self.judge(image, text, rel)
+            if t is None:
+                continue
+            used.add(key)
+            out.append((rel, t))
+        return out
+
+    # -- wording
+    def word(self, text: Scene, rel: Relation, seen: set[int], easy: bool,
+             cap: bool) -> tuple[str, list[tuple[int, int, int]], tuple[int, ...]]:
+        """The clause; per role, (last char of the shape word, last char of the colour word, object); and
+        the chars of the relation's own words (everything outside the object names)."""
+        rng = self.rng
+        tpls = TEMPLATES[rel.kind]
+        tpl = tpls[0] if easy else tpls[int(rng.integers(len(tpls)))]
+        with_size = (not easy) and rng.random() < 0.5
+        order = sorted(range(len(rel.objects)), key=lambda q: tpl.find("{" + "abc"[q] + "}"))
+        names = {}
+        for q in order:
+            j = rel.objects[q]
+            o = text.objects[j]
+            if j in seen or easy:
+                names["abc"[q]] = f"the {o.colour} {o.shape}"
+            else:
+                names["abc"[q]] = f"a {o.size + ' ' if with_size else ''}{o.colour} {o.shape}"
+            seen.add(j)
+        region = ""
+        if rel.region is not None:
+            words = REGION_WORDS[rel.region]
+            region = words[0] if easy else words[int(rng.integers(len(words)))]
+        s = tpl.format(region=region, **names)
+        if cap:
+            s = s[:1].upper() + s[1:]
+        in_name = np.zeros(len(s), dtype=bool)
+        for name in names.values():
+            p = s.lower().find(name.lower())
+            in_name[p:p + len(name)] = True
+        rel_chars = tuple(i for i, ch in enumerate(s) if ch.isalnum() and not in_name[i])
+        names_at = []
+        for j in rel.objects:
+            o = text.objects[j]
+            pos = s.find(f"{o.colour} {o.shape}")
+            names_at.append((pos + len(o.colour) + len(o.shape), pos + len(o.colour) - 1, j))
+        return s, names_at, rel_chars
+
+    def _mark(self, image: Scene, text: Scene, base: int, names_at: list[tuple[int, int, int]],
+              mentions: list, grounds: list) -> tuple[int, ...]:
+        """Gather targets and ground hints of one clause's mentions; returns their shape-word chars."""
+        shapes = []
+        for cs, cc, j in names_at:
+            tgt = self._mention_target(image, text, j)
+            mentions.append((base + cs, *tgt))                 # the shape word
+            if self.colour_marks:
+                mentions.append((base + cc, *tgt))             # the colour word (an easier first hop)
+            grounds.append((base + cs, base + cc, self._box(image, text, j)))
+            shapes.append(base + cs)
+        return tuple(shapes)
+
+    def _text_scene(self, image: Scene, p_swap: float) -> Scene:
+        """The scene the text talks about: usually the image's, sometimes with two colours swapped."""
+        rng = self.rng
+        objs = list(image.objects)
+        if len(objs) >= 2 and rng.random() < p_swap:
+            for _ in range(6):
+                a, b = (int(v) for v in rng.choice(len(objs), 2, replace=False))
+                oa, ob = objs[a], objs[b]
+                if oa.colour == ob.colour:
+                    continue
+                new = list(objs)
+                new[a] = Obj(oa.shape, ob.colour, oa.size, oa.x, oa.y, oa.depth)
+                new[b] = Obj(ob.shape, oa.colour, ob.size, ob.x, ob.y, ob.depth)
+                if len({(o.colour, o.shape) for o in new}) == len(new):
+                    return Scene(tuple(new))
+        return image
+
+    @staticmethod
+    def _box(image: Scene, text: Scene, j: int) -> tuple[float, float, float, float] | None:
+        o = text.objects[j]
+        for im in image.objects:
+            if (im.colour, im.shape) == (o.colour, o.shape):
+                return (im.x - im.half, im.y - im.half, im.x + im.half, im.y + im.half)
+        return None
+
+    def _compare(self, image: Scene, text: Scene, rel: Relation) -> tuple[int, int]:
+        """Relation-agnostic comparison target of a clause: where the first object lies from the second
+        along x and y (0 smaller, 1 within ``CMP_LEVEL``, 2 larger); (-1, -1) if either is absent."""
+        if len(rel.objects) < 2:
+            return (-1, -1)
+        ba, bb = self._box(image, text, rel.objects[0]), self._box(image, text, rel.objects[1])
+        if ba is None or bb is None:
+            return (-1, -1)
+        dx = (ba[0] + ba[2] - bb[0] - bb[2]) / 2
+        dy = (ba[1] + ba[3] - bb[1] - bb[3]) / 2
+        return tuple(0 if d < -CMP_LEVEL else (2 if d > CMP_LEVEL else 1) for d in (dx, dy))
+
+    def _mention_target(self, image: Scene, text: Scene, j: int) -> tuple[int, int, int, int]:
+        o = text.objects[j]
+        for im in image.objects:
+            if (im.colour, im.shape) == (o.colour, o.shape):
+                return (1, min(NCELL - 1, int(im.x * NCELL)), min(NCELL - 1, int(im.y * NCELL)),
+                        SIZE_NAMES.index(im.size))
+        return (0, -1, -1, -1)
+
+    def object_list(self, easy: bool, cfg: PretrainConfig) -> Sample:
+        """The image, then its objects named in random order (some absent ones among them).
+
+        The densest gather signal: a target at almost every word, and nothing to compare yet.
+        With a single object the gather needs no content match at all (the first rung of the curriculum).
+        """
+        rng = self.rng
+        image = self.scene(easy, min_k=1)
+        present = {(o.colour, o.shape) for o in image.objects}
+        objs = list(image.objects)
+        n_absent = int(rng.choice(3, p=[0.5, 0.3, 0.2]))
+        names = [(c, sh) for c in COLOURS for sh in SHAPES if (c, sh) not in present]
+        extra = [names[int(i)] for i in rng.choice(len(names), n_absent, replace=False)]
+        items = [(o.colour, o.shape, o.size) for o in objs] + [(c, sh, SIZE_NAMES[int(rng.integers(3))]) for c, sh in extra]
+        order = rng.permutation(len(items))
+        text_scene = Scene(tuple(Obj(sh, c, sz, 0.5, 0.5) for c, sh, sz in (items[i] for i in order)))
+        s = "<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>"
+        start = len(s)
+        mentions, grounds = [], []
+        for q in range(len(text_scene.objects)):
+            o = text_scene.objects[q]
+            if q:
+                s += ", " if rng.random() < 0.7 else " and "
+            art = "the " if rng.random() < 0.5 else f"a {o.size + ' ' if rng.random() < 0.5 else ''}"
+            base = len(s) + len(art)
+            s += f"{art}{o.colour} {o.shape}"
+            self._mark(image, text_scene, base, [(len(o.colour) + len(o.shape), len(o.colour) - 1, q)],
+                       mentions, grounds)
+        s += "."
+        lm = (start, len(s)) if n_absent == 0 else None
+        s += "<|im_end|>\n<|im_start|>assistant\n"
+        return Sample(render(image, 64), s, [], mentions, [], lm, "list", grounds)
+
+    def sample(self, easy: bool, vqa: bool, cfg: PretrainConfig, n_questions: int | None = None) -> Sample:
+        rng = self.rng
+        for _ in range(20):
+            image = self.scene(easy)
+            text = image if easy else self._text_scene(image, cfg.p_name_swap)
+            if vqa:
+                nq = n_questions or int(rng.integers(1, cfg.max_questions + 1))
+                rels = self.clauses(image, text, nq, easy, 0.5)
+                if len(rels) < nq:
+                    continue
+                # balance yes/no
+                return self._vqa(image, text, rels, easy)
+            k = int(rng.integers(1, (3 if easy else cfg.max_clauses) + 1))
+            # many statements all true or with a single false clause: the pairs' hardest case
+            u = rng.random()
+            p_f = 0.0 if u < 0.4 else (1.0 / k if u < 0.8 else float(rng.uniform(0, 2 * cfg.p_false)))
+            rels = self.clauses(image, text, k, easy, p_f)
+            if rels:
+                return self._statements(image, text, rels, easy, cfg)
+        raise RuntimeError("could not sample a scene with usable relations in 20 tries")
+
+    def _vqa(self, image: Scene, text: Scene, rels: list[tuple[Relation, int]], easy: bool) -> Sample:
+        s = "<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>"
+        truth, mentions, answers, grounds, roles = [], [], [], [], []
+        for q, (rel, t) in enumerate(rels):
+            if q:
+                s += "<|im_start|>user\n"
+            clause, names_at, rel_chars = self.word(text, rel, set(), easy, cap=(not easy) and self.rng.random() < 0.5)
+            base = len(s)
+            s += clause
+            truth.append((len(s) - 1, t))
+            shapes = self._mark(image, text, base, names_at, mentions, grounds)
+            cmp = self._compare(image, text, rel)
+            rc = tuple(base + c for c in rel_chars)
+            roles.append((len(s) - 1, False, shapes, cmp, rc))
+            s += " ?<|im_end|>\n<|im_start|>assistant\n"
+            answers.append((len(s), 0 if t else 1))
+            roles.append((len(s), True, shapes, cmp, rc))
+            s += ("yes" if t else "no") + "<|im_end|>\n"
+        return Sample(render(image, 64), s, truth, mentions, answers, None, "vqa", grounds, roles)
+
+    def _statements(self, image: Scene, text: Scene, rels: list[tuple[Relation, int]], easy: bool,
+                    cfg: PretrainConfig) -> Sample:
+        rng = self.rng
+        s = "<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>"
+        if rng.random() < cfg.p_instruction:
+            s += DEFAULT_INSTRUCTION
+        start = len(s)
+        if not easy:
+            s += OPENERS[int(rng.integers(len(OPENERS)))]
+        seen: set[int] = set()
+        truth, mentions, grounds, roles = [], [], [], []
+        for q, (rel, t) in enumerate(rels):
+            cap = True
+            if q:
+                join = JOINS[int(rng.integers(len(JOINS)))] if not easy else ". "
+                s += join
+                cap = join.startswith(".")
+            clause, names_at, rel_chars = self.word(text, rel, seen, easy, cap)
+            base = len(s)
+            s += clause
+            truth.append((len(s) - 1, t))
+            roles.append((len(s) - 1, False, self._mark(image, text, base, names_at, mentions, grounds),
+                          self._compare(image, text, rel), tuple(base + c for c in rel_chars)))
+        s += "."
+        end = len(s)
+        s += "<|im_end|>\n<|im_start|>assistant\n" + REWARD_TOKEN
+        all_true = all(t for _, t in rels)
+        lm = (start, end) if all_true and rng.random() < cfg.p_caption_lm else None
+        return Sample(render(image, 64), s, truth, mentions, [], lm, "statements", grounds, roles,
+                      [(len(s) - 1, int(all_true))])
+
+
+# ----------------------------------------------------------------------------------------------------
+# batching
+# ----------------------------------------------------------------------------------------------------
+
+def _char_to_token(offsets: Sequence[tuple[int, int]], n_chars: int) -> np.ndarray:
+    m = np.full(n_chars + 1, -1, dtype=np.int64)
+    for i, (a, b) in enumerate(offsets):
+        if b > a:
+            m[a:b] = i
+    return m
+
+
+@dataclass
+class Batch:
+    inputs: dict[str, torch.Tensor]
+    truth: torch.Tensor      # (n, 3): row, pos, label
+    mention: torch.Tensor    # (m, 6): row, pos, present, x, y, size
+    answer: torch.Tensor     # (a, 3): row, pos (predicting), target token id
+    answer_cls: torch.Tensor  # (a,): 0 yes / 1 no
+    lm: torch.Tensor         # (l, 3): row, pos (predicting), target token id
+    itm: torch.Tensor        # (i, 3): row, pos of the <reward> token, 1 if every clause is true
+    cmp: torch.Tensor        # (c, 4): row, clause-query pos, x comparison, y comparison (0/1/2)
+    hints: Hints             # attention hint targets
+
+
+def collate(samples: Sequence[Sample], tok: Any, image_processor: Any, yes_no_ids: tuple[int, int]) -> Batch:
+    from .backbone import IMAGE_PAD, image_token_counts
+
+    im = image_processor(images=[s.image.convert("RGB") for s in samples], return_tensors="pt")
+    counts = image_token_counts(im["image_grid_thw"], image_processor.merge_size)
+    merge = image_processor.merge_size
+    pad_id = tok.convert_tokens_to_ids(IMAGE_PAD)
+    rows, truth, mention, answer, acls, lm = [], [], [], [], [], []
+    bind, ground, ground_tgt, img_start, role, itm, cmp = [], [], [], [], [], [], []
+    rel_q, rel_keys = [], []
+    for r, (s, n_img) in enumerate(zip(samples, counts)):
+        # expand the placeholder; shift every char offset after it
+        ph = s.text.index(IMAGE_PAD)
+        shift = (n_img - 1) * len(IMAGE_PAD)
+        text = s.text[:ph] + IMAGE_PAD * n_img + s.text[ph + len(IMAGE_PAD):]
+        fix = lambda c: c + shift if c > ph else c  # noqa: E731
+        enc = tok(text, return_offsets_mapping=True, add_special_tokens=False)
+        ids = enc["input_ids"]
+        c2t = _char_to_token(enc["offset_mapping"], len(text))
+        rows.append(ids)
+        for c, t in s.truth:
+            truth.append((r, int(c2t[fix(c)]), t))
+        for c, t in s.itm:
+            itm.append((r, int(c2t[fix(c)]), t))
+        for c, pres, x, y, sz in s.mentions:
+            mention.append((r, int(c2t[fix(c)]), pres, x, y, sz))
+        for c, cls in s.answers:
+            p = int(c2t[fix(c)])
+            answer.append((r, p - 1, ids[p]))
+            acls.append(cls)
+        if s.lm_span is not None:
+            a, b = int(c2t[fix(s.lm_span[0])]), int(c2t[fix(s.lm_span[1] - 1)])
+            for p in range(max(a, 1), b + 1):
+                lm.append((r, p - 1, ids[p]))
+        img_start.append(ids.index(pad_id))
+        _, gh, gw = (int(v) for v in im["image_grid_thw"][r])
+        for cs, cc, box in s.grounds:
+            ps, pc = int(c2t[fix(cs)]), int(c2t[fix(cc)])
+            if pc != ps:
+                bind.append((r, ps, pc))
+            if box is not None:
+                ground.append((r, ps))
+                ground_tgt.append(box_cell_weights(box, gh // merge, gw // merge))
+        for qc, is_answer, shapes, (cx, cy), rel_chars in s.roles:
+            keys = [int(c2t[fix(c)]) for c in shapes] + [-1] * (3 - len(shapes))
+            qpos = int(c2t[fix(qc)]) - int(is_answer)
+            role.append((r, qpos, *keys))
+            rel_q.append((r, qpos))
+            rel_keys.append(sorted({int(c2t[fix(c)]) for c in rel_chars}))
+            if cx >= 0:
+                cmp.append((r, qpos, cx, cy))
+    L = max(len(x) for x in rows)
+    pad = tok.pad_token_id
+    input_ids = torch.full((len(rows), L), pad, dtype=torch.long)
+    att = torch.zeros((len(rows), L), dtype=torch.long)
+    offs = []
+    for r, ids in enumerate(rows):
+        o = L - len(ids)
+        offs.append(o)
+        input_ids[r, o:] = torch.tensor(ids)
+        att[r, o:] = 1
+
+    def shifted(lst: list[tuple], n: int) -> torch.Tensor:
+        if not lst:
+            return torch.zeros((0, n), dtype=torch.long)
+        t = torch.tensor(lst, dtype=torch.long)
+        t[:, 1] += torch.tensor([offs[r] for r in t[:, 0].tolist()])
+        return t
+
+    n_img = max(counts)
+    tgt = torch.zeros((len(ground_tgt), n_img))
+    for i, w in enumerate(ground_tgt):
+        tgt[i, :len(w)] = torch.from_numpy(w)
+    role_t = shifted(role, 5)
+    if len(role_t):
+        keys = role_t[:, 2:]
+        role_t[:, 2:] = torch.where(keys >= 0, keys + torch.tensor(offs)[role_t[:, 0]][:, None], keys)
+    bind_t = shifted(bind, 3)
+    if len(bind_t):
+        bind_t[:, 2] += torch.tensor(offs)[bind_t[:, 0]]
+    rel_q_t = shifted(rel_q, 2)
+    k = max((len(v) for v in rel_keys), default=1)
+    rk = torch.zeros((len(rel_keys), k), dtype=torch.long)
+    rt = torch.zeros((len(rel_keys), k))
+    for i, v in enumerate(rel_keys):
+        rk[i, :len(v)] = torch.tensor(v, dtype=torch.long) + offs[rel_q[i][0]]
+        rt[i, :len(v)] = 1.0 / len(v)
+    hints = Hints(bind_t, shifted(ground, 2), tgt, torch.tensor(img_start) + torch.tensor(offs), role_t,
+                  rel_q_t, rk, rt)
+    inputs = {"input_ids": input_ids, "attention_mask": att, "mm_token_type_ids": (input_ids == pad_id).to(torch.int32),
+              "pixel_values": im["pixel_values"], "image_grid_thw": im["image_grid_thw"]}
+    return Batch(inputs, shifted(truth, 3), shifted(mention, 6), shifted(answer, 3),
+                 torch.tensor(acls, dtype=torch.long), shifted(lm, 3), shifted(itm, 3), shifted(cmp, 4), hints)
+
+
+def answer_ids(tok: Any) -> tuple[int, int]:
+    """Ids of the first token of "yes" and of "no" after the assistant line."""
+    out = []
+    for w in ("yes", "no"):
+        s = "<|im_start|>assistant\n" + w
+        enc = tok(s, return_offsets_mapping=True, add_special_tokens=False)
+        c2t = _char_to_token(enc["offset_mapping"], len(s))
+        out.append(enc["input_ids"][int(c2t[len(s) - len(w)])])
+    if out[0] == out[1]:
+        raise ValueError("tokenizer: 'yes' and 'no' start with the same token")
+    return out[0], out[1]
