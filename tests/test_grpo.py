@@ -408,7 +408,9 @@ def test_update_through_the_rollout_graph_equals_replay(tiny_dir: Path, topk: in
         try:
             assert tr.reuse_graph == (mode == "on")
             before = lora_params(tr)
-            stats = tr.update(tr.rollout(0))
+            groups = tr.rollout(0)
+            assert all((g.traj.graph_log_probs is not None) == (mode == "on") for g in groups)
+            stats = tr.update(groups)
             return [p.detach() - b for p, b in zip(tr.params, before)], stats
         finally:
             tr.close()
