@@ -72,6 +72,26 @@ def test_pretrain_steps_save_reload_eval_resume(tmp_path: Path) -> None:
     assert torch.equal(tr2.pipe.transformer.state_dict()[next(iter(sd))], sd[next(iter(sd))])
 
 
+def test_ema_weights_are_saved_and_resumed(tmp_path: Path) -> None:
+    from diffusers import FluxPipeline
+
+    out = tmp_path / "gen"
+    tr = Pretrainer(_tiny_cfg(ema_decay=0.9, decoder_steps=0), out, progress=False)
+    tr.run()
+    assert tr.ema is not None and tr.ema.optimization_step == tr.step > 1
+    live = {k: v.clone() for k, v in tr.pipe.transformer.state_dict().items()}
+    saved = FluxPipeline.from_pretrained(str(out)).transformer.state_dict()
+    names = [n for n, _ in tr.pipe.transformer.named_parameters()]
+    shadow = dict(zip(names, tr.ema.shadow_params))  # transformer parameters come first
+    assert all(torch.equal(saved[n], shadow[n]) for n in names)
+    assert any(not torch.equal(saved[n], live[n]) for n in names)  # EMA != last training weights
+    # the training weights are back after saving/evaluating with the EMA weights
+    assert all(torch.equal(v, live[k]) for k, v in tr.pipe.transformer.state_dict().items())
+    tr2 = Pretrainer(_tiny_cfg(ema_decay=0.9, decoder_steps=0), out, resume=True, progress=False)
+    assert tr2.ema.optimization_step == tr.ema.optimization_step
+    assert all(torch.equal(a, b) for a, b in zip(tr2.ema.shadow_params, tr.ema.shadow_params))
+
+
 def test_heldout_prompts_are_fixed_and_in_range() -> None:
     s1, p1 = heldout_scenes(12)
     s2, p2 = heldout_scenes(12)

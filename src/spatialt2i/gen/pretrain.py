@@ -22,6 +22,7 @@ log. The final pipeline is saved with ``save_pretrained`` in ``DIR`` and loads w
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -120,6 +121,8 @@ class PretrainConfig:
     logit_std: float = 1.0
     guidance_min: float = 1.0
     guidance_max: float = 5.0
+    ema_decay: float = 0.0          # > 0: EMA of the transformer and text encoders (evaluated and saved)
+    ema_warmup: bool = True         # decay ramps up as 1 - (1 + step)^-2/3 (diffusers' EMAModel warm-up)
     # bookkeeping
     checkpoint_minutes: float = 5.0
     eval_minutes: float = 10.0
@@ -344,6 +347,11 @@ class Pretrainer:
             {"params": list(self.pipe.text_encoder_2.parameters()) + list(self.pipe.text_encoder.parameters()),
              "lr": cfg.text_lr, "base_lr": cfg.text_lr},
         ], weight_decay=0.0)
+        self.ema = None
+        if cfg.ema_decay > 0:
+            from diffusers.training_utils import EMAModel
+
+            self.ema = EMAModel(self._fm_params(), decay=cfg.ema_decay, use_ema_warmup=cfg.ema_warmup)
         self.history: list[dict] = []
         if resume and (self.state_dir / "state.pt").is_file():
             self._load_state()
@@ -352,6 +360,24 @@ class Pretrainer:
         (self.out / "pretrain_config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
         self._tb = None
         self._log = open(self.out / "metrics.jsonl", "a")
+
+    def _fm_params(self) -> list[torch.nn.Parameter]:
+        p = self.pipe
+        return [q for m in (p.transformer, p.text_encoder_2, p.text_encoder) for q in m.parameters()]
+
+    @contextlib.contextmanager
+    def ema_weights(self):
+        """Swap the EMA weights in for the block (evaluation, saving); the training weights come back."""
+        if self.ema is None:
+            yield
+            return
+        params = self._fm_params()
+        self.ema.store(params)
+        self.ema.copy_to(params)
+        try:
+            yield
+        finally:
+            self.ema.restore(params)
 
     # ------------------------------------------------------------ state
     def _save_state(self) -> None:
@@ -365,6 +391,7 @@ class Pretrainer:
             "vae_opt": self.vae_opt.state_dict(), "fm_opt": self.fm_opt.state_dict(),
             "data_rng": self.stream.state(), "torch_rng": torch.get_rng_state(),
             "config": dataclasses.asdict(self.cfg),
+            "ema": self.ema.state_dict() if self.ema is not None else None,
         }
         tmp = self.state_dir / "state.pt.tmp"
         torch.save(state, tmp)
@@ -381,6 +408,8 @@ class Pretrainer:
         self.vae_opt.load_state_dict(s["vae_opt"])
         self.fm_opt.load_state_dict(s["fm_opt"])
         self.stream.set_state(s["data_rng"])
+        if self.ema is not None and s.get("ema") is not None:
+            self.ema.load_state_dict(s["ema"])
         torch.set_rng_state(s["torch_rng"])
         self.stage, self.step, self.elapsed = s["stage"], int(s["step"]), dict(s["elapsed"])
         self._say(f"resumed: stage {self.stage}, step {self.step}, "
@@ -529,6 +558,8 @@ class Pretrainer:
         params = [q for g in self.fm_opt.param_groups for q in g["params"]]
         torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
         self.fm_opt.step()
+        if self.ema is not None:
+            self.ema.step(params)
         return float(loss.detach())
 
     def _fm_total_steps(self) -> int:
@@ -549,7 +580,8 @@ class Pretrainer:
         p = self.pipe
         for mod in (p.transformer, p.text_encoder, p.text_encoder_2):
             mod.eval()
-        res = evaluate_generator(self.generator(), n=n or self.cfg.eval_prompts, steps=self.cfg.eval_steps)
+        with self.ema_weights():
+            res = evaluate_generator(self.generator(), n=n or self.cfg.eval_prompts, steps=self.cfg.eval_steps)
         for mod in (p.transformer, p.text_encoder, p.text_encoder_2):
             mod.train()
         return res
@@ -647,15 +679,17 @@ class Pretrainer:
         return {"steps": self.step, "minutes": sum(self.elapsed.values()) / 60, **res}
 
     def save(self, out: str | Path, dtype: torch.dtype = torch.float32) -> None:
-        """Save the pipeline with ``save_pretrained`` (fp16 halves the size; it loads back to fp32)."""
+        """Save the pipeline (EMA weights when on) with ``save_pretrained``; fp16 halves the size and
+        loads back to fp32."""
         p = self.pipe
         for mod in (p.transformer, p.text_encoder, p.text_encoder_2, p.vae):
             mod.eval()
-        if dtype != torch.float32:
-            p.to(dtype)
-        p.save_pretrained(str(out))
-        if dtype != torch.float32:
-            p.to(torch.float32)
+        with self.ema_weights():
+            if dtype != torch.float32:
+                p.to(dtype)
+            p.save_pretrained(str(out))
+            if dtype != torch.float32:
+                p.to(torch.float32)
 
 
 def pretrain(out: str | Path, cfg: PretrainConfig | None = None, *, resume: bool = False,
