@@ -72,12 +72,15 @@ def test_pretrain_steps_save_reload_eval_resume(tmp_path: Path) -> None:
     assert torch.equal(tr2.pipe.transformer.state_dict()[next(iter(sd))], sd[next(iter(sd))])
 
 
-def test_ema_weights_are_saved_and_resumed(tmp_path: Path) -> None:
+def test_ema_and_grounding(tmp_path: Path) -> None:
     from diffusers import FluxPipeline
 
     out = tmp_path / "gen"
-    tr = Pretrainer(_tiny_cfg(ema_decay=0.9, decoder_steps=0), out, progress=False)
+    tr = Pretrainer(_tiny_cfg(ema_decay=0.9, decoder_steps=0, grounding_weight=0.5), out, progress=False)
     tr.run()
+    recs = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    ground = [r["grounding"] for r in recs if r["stage"] == "fm"]
+    assert ground and all(0.0 <= g <= 1.0 for g in ground)
     assert tr.ema is not None and tr.ema.optimization_step == tr.step > 1
     live = {k: v.clone() for k, v in tr.pipe.transformer.state_dict().items()}
     saved = FluxPipeline.from_pretrained(str(out)).transformer.state_dict()
@@ -87,7 +90,7 @@ def test_ema_weights_are_saved_and_resumed(tmp_path: Path) -> None:
     assert any(not torch.equal(saved[n], live[n]) for n in names)  # EMA != last training weights
     # the training weights are back after saving/evaluating with the EMA weights
     assert all(torch.equal(v, live[k]) for k, v in tr.pipe.transformer.state_dict().items())
-    tr2 = Pretrainer(_tiny_cfg(ema_decay=0.9, decoder_steps=0), out, resume=True, progress=False)
+    tr2 = Pretrainer(_tiny_cfg(ema_decay=0.9, decoder_steps=0, grounding_weight=0.5), out, resume=True, progress=False)
     assert tr2.ema.optimization_step == tr.ema.optimization_step
     assert all(torch.equal(a, b) for a, b in zip(tr2.ema.shadow_params, tr.ema.shadow_params))
 

@@ -121,6 +121,7 @@ class PretrainConfig:
     logit_std: float = 1.0
     guidance_min: float = 1.0
     guidance_max: float = 5.0
+    grounding_weight: float = 0.0   # > 0: TokenCompose token loss on the double blocks (gen/grounding.py)
     ema_decay: float = 0.0          # > 0: EMA of the transformer and text encoders (evaluated and saved)
     ema_warmup: bool = True         # decay ramps up as 1 - (1 + step)^-2/3 (diffusers' EMAModel warm-up)
     # bookkeeping
@@ -347,6 +348,8 @@ class Pretrainer:
             {"params": list(self.pipe.text_encoder_2.parameters()) + list(self.pipe.text_encoder.parameters()),
              "lr": cfg.text_lr, "base_lr": cfg.text_lr},
         ], weight_decay=0.0)
+        self._recorders: list = []        # attention recorders (grounding loss), set in the flow-matching stage
+        self._ground_losses: list[float] = []
         self.ema = None
         if cfg.ema_decay > 0:
             from diffusers.training_utils import EMAModel
@@ -536,7 +539,7 @@ class Pretrainer:
         cfg, pipe = self.cfg, self.pipe
         total = self._fm_total_steps()
         easy = self.step < cfg.data.curriculum * total
-        _, imgs, prompts = self.stream.batch(cfg.batch, easy=easy)
+        scenes, imgs, prompts = self.stream.batch(cfg.batch, easy=easy)
         with torch.no_grad():
             z = pipe.vae.encode(to_pixels(imgs)).latent_dist.mode()
             x0 = pack_latents((z - pipe.vae.config.shift_factor) * pipe.vae.config.scaling_factor)
@@ -549,7 +552,15 @@ class Pretrainer:
         embeds, pooled, _ = pipe.encode_prompt(prompt=prompts, prompt_2=None, device=torch.device("cpu"),
                                                max_sequence_length=cfg.max_sequence_length)
         v = gen.forward(xt, sigma, embeds, pooled, guidance)
-        loss = (v - (noise - x0)).pow(2).mean()
+        loss = fm_loss = (v - (noise - x0)).pow(2).mean()
+        if cfg.grounding_weight > 0:
+            from spatialt2i.gen.grounding import grounding_loss, grounding_targets
+
+            tg = grounding_targets(scenes, prompts, pipe.tokenizer_2, cfg.max_sequence_length, cfg.image_size,
+                                   2 * pipe.vae_scale_factor)
+            lg = torch.stack([grounding_loss(r.img_to_txt, tg) for r in self._recorders]).mean()
+            self._ground_losses.append(float(lg.detach()))
+            loss = loss + cfg.grounding_weight * lg
         f = _lr_factor(self.step, max(1, total), cfg.warmup_steps, cfg.min_lr_ratio)
         for g in self.fm_opt.param_groups:
             g["lr"] = g["base_lr"] * f
@@ -560,7 +571,7 @@ class Pretrainer:
         self.fm_opt.step()
         if self.ema is not None:
             self.ema.step(params)
-        return float(loss.detach())
+        return float(fm_loss.detach())
 
     def _fm_total_steps(self) -> int:
         if self.cfg.fm_steps > 0:
@@ -629,6 +640,10 @@ class Pretrainer:
         for mod in (p.transformer, p.text_encoder, p.text_encoder_2):
             mod.train()
         gen = self.generator()
+        if cfg.grounding_weight > 0:
+            from spatialt2i.gen.grounding import install_recorders
+
+            self._recorders = install_recorders(p.transformer)
         self._say(f"flow-matching stage: {self.fm_budget_s() / 60:.1f} min, batch {cfg.batch}")
         t_prev, losses = time.monotonic(), []
         last_eval = self.elapsed["fm"]
@@ -640,11 +655,14 @@ class Pretrainer:
             t_prev = now
             self._fm_rate = self.elapsed["fm"] / self.step
             if self.step % cfg.log_every == 0:
-                self._metric("fm", {"loss": float(np.mean(losses)),
-                                    "lr": self.fm_opt.param_groups[0]["lr"]}, self.step)
-                self._say(f"fm step {self.step} loss {np.mean(losses):.4f} "
-                          f"({self.elapsed['fm'] / 60:.1f}/{self.fm_budget_s() / 60:.1f} min)")
-                losses = []
+                vals = {"loss": float(np.mean(losses)), "lr": self.fm_opt.param_groups[0]["lr"]}
+                if self._ground_losses:
+                    vals["grounding"] = float(np.mean(self._ground_losses))
+                self._metric("fm", vals, self.step)
+                self._say(f"fm step {self.step} loss {vals['loss']:.4f} "
+                          + (f"grounding {vals['grounding']:.3f} " if "grounding" in vals else "")
+                          + f"({self.elapsed['fm'] / 60:.1f}/{self.fm_budget_s() / 60:.1f} min)")
+                losses, self._ground_losses = [], []
             if cfg.eval_minutes > 0 and self.elapsed["fm"] - last_eval > cfg.eval_minutes * 60:
                 res = self.evaluate()
                 self._metric("eval", {k: v for k, v in res.items() if isinstance(v, float)}, self.step)
