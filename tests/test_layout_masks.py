@@ -86,3 +86,20 @@ def test_may_solve_only_rules_out_layouts_no_solve_finds():
                 ruled_out += 1
                 assert not _some_pair_fits(target, a, b, fixed)
     assert ruled_out > 5
+
+
+def test_reaches_matches_every_pair():
+    from spatialt2i.world.feasible import DIRECT_MAX, SAMPLE, _cells, reaches
+    from spatialt2i.world.offsets import GRID, SPAN
+
+    rng = np.random.default_rng(0)
+    centres = (np.arange(GRID) + 0.5) / GRID
+    sizes = [(5, 7), (90, 60), (300, 200), (2500, 1500)]  # direct, sampled, and FFT-sized sets
+    assert sizes[1][0] * sizes[1][1] > SAMPLE and sizes[-1][0] * sizes[-1][1] > DIRECT_MAX
+    for na, nb in sizes:
+        for density in (0.0005, 0.01, 0.3):
+            a, b = (np.stack([rng.choice(centres, k), rng.choice(centres, k)], 1) for k in (na, nb))
+            ok = rng.random((SPAN, SPAN)) < density
+            (ya, xa), (yb, xb) = _cells(a), _cells(b)
+            want = bool(ok[ya[:, None] - yb[None, :] + GRID - 1, xa[:, None] - xb[None, :] + GRID - 1].any())
+            assert reaches(a, b, ok) == want

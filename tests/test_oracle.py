@@ -99,3 +99,75 @@ def test_colour_table_is_the_nearest_palette_rule():
     from spatialt2i.world.detect import _lut, _nearest
     g = (np.arange(64) * 4 + 1.5).astype(np.float32)
     assert np.array_equal(_lut(), _nearest(np.stack(np.meshgrid(g, g, g, indexing="ij"), -1)))
+
+
+def _blobbed(scene, rng, size=64):
+    """A render with a few palette-coloured blobs on top (fragments, occluders, non-square parts)."""
+    from PIL import ImageDraw
+
+    from spatialt2i.world.vocab import COLOURS
+
+    img = render(scene, size)
+    draw = ImageDraw.Draw(img)
+    for _ in range(int(rng.integers(1, 5))):
+        x, y, w, h = (int(v) for v in rng.integers([0, 0, 2, 2], [size, size, size // 3, size // 3]))
+        colour = list(COLOURS.values())[int(rng.integers(len(COLOURS)))]
+        (draw.ellipse if rng.random() < 0.5 else draw.rectangle)((x, y, x + w, y + h), fill=colour)
+    return img
+
+
+def test_components_of_matches_labelling_each_colour_alone():
+    from scipy import ndimage
+
+    from spatialt2i.world.detect import BG, PALETTE_NAMES, components_of, label_pixels
+
+    rng = np.random.default_rng(3)
+    for scene in _scenes(40, 11):
+        labels = label_pixels(_blobbed(scene, rng))
+        colours = PALETTE_NAMES[:5] + [o.colour for o in scene.objects]
+        for colour, (comps, others) in components_of(labels, colours).items():
+            mask = labels == PALETTE_NAMES.index(colour)
+            if not mask.any():
+                assert comps == [] and others is None
+                continue
+            lab, _ = ndimage.label(mask, np.ones((3, 3), bool))
+            want = [(sl[1].start, sl[0].start, sl[1].stop - 1, sl[0].stop - 1)
+                    for k, sl in enumerate(ndimage.find_objects(lab), 1) if (lab[sl] == k).sum() >= 6]
+            assert [c.bbox for c in comps] == want
+            assert np.array_equal(others, ~mask & (labels != BG))
+
+
+def test_fit_box_skips_only_sizes_that_cannot_win():
+    from spatialt2i.world.detect import (HIDDEN_WEIGHT, _fit_box, _flat_template, _window_sums,
+                                         components_of, label_pixels)
+
+    def every_size(m, hidden, bbox, shape, hw):  # _fit_box's search without the IoU bound
+        x0, y0, x1, y1 = bbox
+        best, best_iou, n_m = bbox, -1.0, int(m.sum())
+        both = np.stack([m, hidden & ~m]).astype(np.float32)
+        s0 = max(x1 - x0, y1 - y0) + 1
+        for s in range(s0, int(s0 * 1.8) + 2):
+            ox0, oy0, ox1, oy1 = max(0, x1 - s + 1), max(0, y1 - s + 1), min(x0, hw[1] - s), min(y0, hw[0] - s)
+            if ox1 < ox0 or oy1 < oy0:
+                continue
+            t, t_sum = _flat_template(shape, s)
+            inter, pen = _window_sums(both, oy0, ox0, oy1 - oy0 + 1, ox1 - ox0 + 1, s, t)
+            union = t_sum + n_m - inter - (1 - HIDDEN_WEIGHT) * pen
+            iou = np.where(union > 0, inter / np.maximum(union, 1e-9), 0.0)
+            k = int(iou.argmax())
+            if iou.flat[k] > best_iou + 1e-9:
+                dy, dx = divmod(k, iou.shape[1])
+                best, best_iou = (ox0 + dx, oy0 + dy, ox0 + dx + s - 1, oy0 + dy + s - 1), float(iou.flat[k])
+        return best, best_iou
+
+    rng, checked = np.random.default_rng(5), 0
+    for scene in _scenes(40, 13):
+        labels = label_pixels(_blobbed(scene, rng))
+        for colour, (comps, others) in components_of(labels, [o.colour for o in scene.objects]).items():
+            for c in comps:
+                if c.touching:
+                    for shape in ("circle", "star", "triangle"):
+                        got = _fit_box(c.mask, others, c.bbox, shape, True, labels.shape)
+                        assert got == every_size(c.mask, others, c.bbox, shape, labels.shape)
+                        checked += 1
+    assert checked > 50

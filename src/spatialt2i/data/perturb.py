@@ -87,15 +87,18 @@ def breaks(original: Scene, candidate: Scene) -> list[int]:
 def layout_ok(scene: Scene) -> bool:
     """Clear gaps between objects that do not occlude each other; stated occlusions readable."""
     bx = boxes(scene)
-    pairs = {frozenset(r.objects) for r in scene.relations if r.kind in DEPTH_KINDS}
-    n = len(scene.objects)
-    for i in range(n):
-        for j in range(i + 1, n):
-            sep = max(abs(bx[i, 0] - bx[j, 0]), abs(bx[i, 1] - bx[j, 1])) - (bx[i, 2] + bx[j, 2]) / 2
-            if frozenset((i, j)) not in pairs and sep < GAP:
-                return False
-            if scene.objects[i].colour == scene.objects[j].colour and sep < GAP:
-                return False
+    # box separations of all pairs at once (the same float operations as pair by pair)
+    sep = (np.maximum(np.abs(bx[:, None, 0] - bx[None, :, 0]), np.abs(bx[:, None, 1] - bx[None, :, 1]))
+           - (bx[:, None, 2] + bx[None, :, 2]) / 2)
+    colours = [o.colour for o in scene.objects]
+    may_touch = np.zeros(sep.shape, bool)  # a stated occlusion of two colours
+    for r in scene.relations:
+        if r.kind in DEPTH_KINDS:
+            i, j = r.objects
+            may_touch[i, j] = may_touch[j, i] = colours[i] != colours[j]
+    np.fill_diagonal(may_touch, True)
+    if ((sep < GAP) & ~may_touch).any():
+        return False
     return all_hold(scene, m=1.0)
 
 
@@ -109,13 +112,20 @@ def _resize_flip(scene: Scene, rel: Relation) -> Scene | None:
     return scene.with_objects(objs)
 
 
-def _relayout(scene: Scene, target: Scene, idx: list[int], rng: np.random.Generator) -> Scene | None:
-    """Smallest re-layout of ``target`` (flipped relations at ``idx``): move nothing, one object, both."""
+def _relayout(scene: Scene, target: Scene, idx: list[int], rng: np.random.Generator,
+              memos: dict) -> Scene | None:
+    """Smallest re-layout of ``target`` (flipped relations at ``idx``): move nothing, one object, both.
+
+    ``memos``: the solver's filters (``layout.candidates``) per spec, kept for one ``perturb`` call,
+    where the same flip is often tried again (by a later flip, or by the next kind after a failed one).
+    """
     n = len(scene.objects)
     for i in idx:  # size flips change attributes, not places
         r = target.relations[i]
         if r.kind in ("bigger", "smaller"):
             target = _resize_flip(target, r)
+    # a filter depends on the objects' sizes and the relations only (positions are in its key)
+    memo = memos.setdefault((tuple(o.size for o in target.objects), target.relations), {})
     movers = [_movers(scene.relations[i]) for i in idx if scene.relations[i].kind not in ("bigger", "smaller")]
     options: list[set[int]] = [set()]
     for _ in range(3):
@@ -131,7 +141,7 @@ def _relayout(scene: Scene, target: Scene, idx: list[int], rng: np.random.Genera
             if any(target.relations[i].kind not in (*DEPTH_KINDS, "bigger", "smaller") for i in idx):
                 continue
         fixed = [j for j in range(n) if j not in free]
-        if free and not may_solve(target, fixed):  # necessary for any solve; draw order plays no part
+        if free and not may_solve(target, fixed, memo=memo):  # necessary for any solve; draw order plays no part
             continue
         if prepared is None:
             try:
@@ -139,7 +149,8 @@ def _relayout(scene: Scene, target: Scene, idx: list[int], rng: np.random.Genera
             except UnsatisfiableSceneError:
                 return None
         try:
-            out = solve(prepared, rng, fixed=fixed, restarts=1 if len(free) <= 1 else 2, prepared=True)
+            out = solve(prepared, rng, fixed=fixed, restarts=1 if len(free) <= 1 else 2, prepared=True,
+                        memo=memo)
         except UnsatisfiableSceneError:
             continue
         if layout_ok(out) and all(i in breaks(scene, out) for i in idx):
@@ -147,7 +158,8 @@ def _relayout(scene: Scene, target: Scene, idx: list[int], rng: np.random.Genera
     return None
 
 
-def _flip_one(scene: Scene, rng: np.random.Generator, exclude: set[int], attempts: int) -> tuple[Scene, int] | None:
+def _flip_one(scene: Scene, rng: np.random.Generator, exclude: set[int], attempts: int,
+              memos: dict) -> tuple[Scene, int] | None:
     """Flip one relation (not in ``exclude``) with the smallest re-layout that keeps all the others."""
     cand = [i for i in range(len(scene.relations)) if i not in exclude]
     if not cand:
@@ -158,19 +170,19 @@ def _flip_one(scene: Scene, rng: np.random.Generator, exclude: set[int], attempt
         i = int(i)
         rels = list(scene.relations)
         rels[i] = flip_relation(rels[i])
-        out = _relayout(scene, scene.restated(rels), [i], rng)
+        out = _relayout(scene, scene.restated(rels), [i], rng, memos)
         if out is not None:
             return out, i
     return None
 
 
-def _flip(scene: Scene, rng: np.random.Generator, n: int, attempts: int = 10) -> Perturbed:
+def _flip(scene: Scene, rng: np.random.Generator, n: int, memos: dict, attempts: int = 10) -> Perturbed:
     """``n`` flips, applied one after another (each later re-layout keeps the earlier flips)."""
     if len(scene.relations) < n:
         raise PerturbationFailed(f"scene has fewer than {n} relations")
     current, done = scene, []
     for _ in range(n):
-        step = _flip_one(current, rng, set(done), attempts)
+        step = _flip_one(current, rng, set(done), attempts, memos)
         if step is None:
             if len(done) >= 2:  # asked for 3, two flips are still a valid "multi"
                 break
@@ -241,8 +253,9 @@ def perturb(scene: Scene, rng: np.random.Generator, kind: str | None = None,
     When the drawn kind has no valid perturbation in this scene, the other kinds are tried in
     order of weight before giving up (so few scenes are wasted; the card reports the real mix).
     """
+    memos: dict = {}  # see _relayout
     if kind is not None:
-        return _perturb_kind(scene, rng, kind, multi_counts)
+        return _perturb_kind(scene, rng, kind, multi_counts, memos)
     w = weights or DEFAULT_KIND_WEIGHTS
     names = [k for k in KINDS if w.get(k, 0) > 0]
     p = np.array([w[k] for k in names], float)
@@ -250,17 +263,18 @@ def perturb(scene: Scene, rng: np.random.Generator, kind: str | None = None,
     order = [first] + sorted((k for k in names if k != first), key=lambda k: -w[k])
     for k in order:
         try:
-            return _perturb_kind(scene, rng, k, multi_counts)
+            return _perturb_kind(scene, rng, k, multi_counts, memos)
         except PerturbationFailed:
             continue
     raise PerturbationFailed("no perturbation of any kind is valid for this scene")
 
 
-def _perturb_kind(scene: Scene, rng: np.random.Generator, kind: str, multi_counts: Sequence[float]) -> Perturbed:
+def _perturb_kind(scene: Scene, rng: np.random.Generator, kind: str, multi_counts: Sequence[float],
+                  memos: dict) -> Perturbed:
     if kind == "flip":
-        return _flip(scene, rng, 1)
+        return _flip(scene, rng, 1, memos)
     if kind == "multi":
-        return _flip(scene, rng, 2 + int(rng.choice(2, p=np.asarray(multi_counts) / sum(multi_counts))))
+        return _flip(scene, rng, 2 + int(rng.choice(2, p=np.asarray(multi_counts) / sum(multi_counts))), memos)
     if kind == "swap":
         return _swap(scene, rng)
     if kind == "attribute":

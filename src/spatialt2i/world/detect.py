@@ -17,7 +17,6 @@ from functools import lru_cache
 
 import numpy as np
 from PIL import Image
-from numpy.lib.stride_tricks import as_strided
 
 from .render import template
 from .vocab import BACKGROUND, COLOURS, SHAPES
@@ -29,6 +28,7 @@ MAX_COLOUR_DIST = 110.0
 MIN_FIT = 0.55
 MIN_AREA_FRAC = 0.0015  # components smaller than this share of the canvas are noise
 _EIGHT = np.ones((3, 3), bool)  # 8-connectivity
+_EIGHT_IN_PLANE = np.pad(_EIGHT[None], ((1, 1), (0, 0), (0, 0)))  # 8-connectivity within planes of a stack
 
 
 @dataclass(frozen=True)
@@ -76,8 +76,8 @@ def label_pixels(img: Image.Image | np.ndarray) -> np.ndarray:
     return _lut()[a[..., 0], a[..., 1], a[..., 2]]
 
 
-HIDDEN_WEIGHT = 0.15
-COMPLETE_FIT = 0.97  # a touching component that fits its pixel box this well is not occluded  # a template pixel that falls on another object costs this much (not 0, not 1)
+HIDDEN_WEIGHT = 0.15  # a template pixel that falls on another object costs this much (not 0, not 1)
+COMPLETE_FIT = 0.97  # a touching component that fits its pixel box this well is not occluded
 
 
 def _masked_iou(t: np.ndarray, m: np.ndarray, hidden: np.ndarray) -> float:
@@ -96,27 +96,25 @@ def _flat_template(shape: str, s: int) -> tuple[np.ndarray, np.float32]:
     return flat, t.sum()
 
 
-def _window_sums(planes: np.ndarray, s: int, t: np.ndarray) -> np.ndarray:
-    """(P, ny, nx): for each plane of ``planes`` (P, ny + s - 1, nx + s - 1) and each s x s window,
-    the sum of the window weighted by the flat template ``t`` (exact: 0/1 sums below 2^24)."""
-    P, Y, X = planes.shape
-    ny, nx = Y - s + 1, X - s + 1
+def _window_sums(planes: np.ndarray, oy: int, ox: int, ny: int, nx: int, s: int, t: np.ndarray) -> np.ndarray:
+    """(P, ny, nx): for each plane of ``planes`` (P, H, W, C-contiguous) and each s x s window with
+    top-left corner (oy + dy, ox + dx), the sum of the window weighted by the flat template ``t``
+    (exact: 0/1 sums below 2^24)."""
+    P = planes.shape[0]
     sp, sy, sx = planes.strides
-    win = as_strided(planes, (P, ny, nx, s, s), (sp, sy, sx, sy, sx), writeable=False)
+    # the windows as a strided view (np.ndarray over the same buffer: what as_strided does, minus
+    # its Python overhead); the reshape copies them into rows for one matrix product
+    win = np.ndarray((P, ny, nx, s, s), planes.dtype, planes, oy * sy + ox * sx, (sp, sy, sx, sy, sx))
     return (win.reshape(P * ny * nx, s * s) @ t).reshape(P, ny, nx)
 
 
 def _fit_box(m: np.ndarray, hidden: np.ndarray, bbox, shape: str, touching: bool, shape_hw):
-    """Best square box for component mask ``m`` (canvas-sized bool) and its masked IoU."""
+    """Best square box for component mask ``m`` (canvas-sized bool) and its masked IoU, where the
+    component's own pixel box is not square or it touches another object (else see ``_match``)."""
     x0, y0, x1, y1 = bbox
     w, h = x1 - x0 + 1, y1 - y0 + 1
     H, W = shape_hw
-    if w == h:  # a complete object's pixel box is square and its template fits it exactly
-        sub = m[y0:y1 + 1, x0:x1 + 1]
-        iou = _masked_iou(template(shape, w, h), sub, hidden[y0:y1 + 1, x0:x1 + 1])
-        if not touching or iou >= COMPLETE_FIT:
-            return (x0, y0, x1, y1), iou
-    elif not touching:
+    if w != h and not touching:
         t = template(shape, w, h)
         sub = m[y0:y1 + 1, x0:x1 + 1]
         return (x0, y0, x1, y1), _masked_iou(t, sub, np.zeros_like(sub))
@@ -131,7 +129,13 @@ def _fit_box(m: np.ndarray, hidden: np.ndarray, bbox, shape: str, touching: bool
         if ox1 < ox0 or oy1 < oy0:
             continue
         t, t_sum = _flat_template(shape, s)
-        inter, pen = _window_sums(both[:, oy0:oy1 + s, ox0:ox1 + s], s, t)
+        # skip a size where no window can beat the best so far: with inter <= I = min(n_m, t_sum)
+        # and pen <= t_sum - inter, IoU <= I / (HIDDEN_WEIGHT * (t_sum - I) + n_m); the slack
+        # covers float32 rounding (relative errors below 1e-5), so the result is unchanged
+        most = min(n_m, float(t_sum))
+        if most / (HIDDEN_WEIGHT * (t_sum - most) + n_m) * (1 + 1e-3) <= best_iou:
+            continue
+        inter, pen = _window_sums(both, oy0, ox0, oy1 - oy0 + 1, ox1 - ox0 + 1, s, t)
         union = t_sum + n_m - inter - (1 - HIDDEN_WEIGHT) * pen
         iou = np.where(union > 0, inter / np.maximum(union, 1e-9), 0.0)
         k = int(iou.argmax())
@@ -139,6 +143,16 @@ def _fit_box(m: np.ndarray, hidden: np.ndarray, bbox, shape: str, touching: bool
             dy, dx = divmod(k, iou.shape[1])
             best, best_iou = (ox0 + dx, oy0 + dy, ox0 + dx + s - 1, oy0 + dy + s - 1), float(iou.flat[k])
     return best, best_iou
+
+
+@lru_cache(maxsize=8192)
+def _square_fit(shape: str, s: int, sub: bytes, hid: bytes) -> tuple[float, bool]:
+    """Masked IoU of ``shape`` at a component's own s x s pixel box, and whether ``shape`` passes
+    the shape check there, from the box's component and hidden pixels (``tobytes`` of the s x s
+    bool crops). Cached: an unoccluded object's crop is its template, the same in every image."""
+    m, hidden = (np.frombuffer(b, bool).reshape(s, s) for b in (sub, hid))
+    scores = _shape_scores(m, hidden, (0, 0, s - 1, s - 1))
+    return _masked_iou(template(shape, s, s), m, hidden), not max(scores.values()) > scores[shape] + 1e-6
 
 
 @lru_cache(maxsize=4096)
@@ -183,28 +197,53 @@ def components(labels: np.ndarray, colour: str) -> tuple[list[Component], np.nda
     """The candidate components of ``colour`` (noise-sized ones dropped) and the mask of other
     objects' pixels (None when the colour is absent). Shape-independent: shared by every object
     of that colour."""
+    return components_of(labels, [colour])[colour]
+
+
+def components_of(labels: np.ndarray, colours) -> dict[str, tuple[list[Component], np.ndarray | None]]:
+    """``components`` of each of ``colours``, labelled in one pass: the colours' masks are planes of
+    a stack, 8-connected within a plane only, so a plane's components and their order (by first
+    pixel in raster order) are those of its mask labelled alone."""
     from scipy import ndimage  # imported on first use: a process that only configures a build skips it
 
     H, W = labels.shape
-    ci = PALETTE_NAMES.index(colour)
-    mask = labels == ci
-    if not mask.any():
-        return [], None
-    comps, n = ndimage.label(mask, _EIGHT)
-    others = (labels != ci) & (labels != BG)
+    colours = list(dict.fromkeys(colours))
+    masks = labels == np.array([PALETTE_NAMES.index(c) for c in colours], labels.dtype)[:, None, None]
+    present = np.flatnonzero(masks.any((1, 2)))
+    out: dict[str, tuple[list[Component], np.ndarray | None]] = {c: ([], None) for c in colours}
+    if not len(present):
+        return out
+    masks = masks[present]
+    comps, n = ndimage.label(masks, _EIGHT_IN_PLANE)
+    objects = labels != BG
+    found = [(colours[z], [], objects & ~masks[k]) for k, z in enumerate(present)]  # colour, comps, others
     min_area = max(3, int(MIN_AREA_FRAC * H * W))
-    out = []
-    for k, sl in enumerate(ndimage.find_objects(comps), start=1):
-        ys, xs = sl
-        m = comps[sl] == k
-        area = int(m.sum())
+    for k, (zs, ys, xs) in enumerate(ndimage.find_objects(comps, n), start=1):
+        _, found_z, others = found[zs.start]
+        full = comps[zs.start] == k
+        area = int(full[ys, xs].sum())
         if area < min_area:
             continue
-        full = np.zeros_like(mask)
-        full[sl] = m
-        out.append(Component(full, (xs.start, ys.start, xs.stop - 1, ys.stop - 1), area,
-                             _touches(full, others, ys, xs)))
-    return out, others
+        found_z.append(Component(full, (xs.start, ys.start, xs.stop - 1, ys.stop - 1), area,
+                                 _touches(full, others, ys, xs)))
+    out.update((c, (found_z, others)) for c, found_z, others in found)
+    return out
+
+
+def _match(c: Component, others: np.ndarray, shape: str, shape_hw) -> tuple[tuple, float, bool]:
+    """The box of ``shape`` for component ``c``, its fit, and whether it passes the shape check
+    (checked only for a fit of at least ``MIN_FIT``)."""
+    x0, y0, x1, y1 = c.bbox
+    if x1 - x0 == y1 - y0:  # a complete object's pixel box is square and its template fits it exactly
+        fit, ok = _square_fit(shape, x1 - x0 + 1, c.mask[y0:y1 + 1, x0:x1 + 1].tobytes(),
+                              others[y0:y1 + 1, x0:x1 + 1].tobytes())
+        if not c.touching or fit >= COMPLETE_FIT:
+            return c.bbox, fit, ok
+    box, fit = _fit_box(c.mask, others, c.bbox, shape, c.touching, shape_hw)
+    if fit < MIN_FIT:
+        return box, fit, False
+    scores = _shape_scores(c.mask, others, box)
+    return box, fit, not max(scores.values()) > scores[shape] + 1e-6
 
 
 def best_match(comps: list[Component], others: np.ndarray | None, colour: str, shape: str,
@@ -212,11 +251,8 @@ def best_match(comps: list[Component], others: np.ndarray | None, colour: str, s
     """The best-fitting component that passes the shape check for ``shape``, or None."""
     best: Detection | None = None
     for c in comps:
-        box, fit = _fit_box(c.mask, others, c.bbox, shape, c.touching, shape_hw)
-        if fit < MIN_FIT:
-            continue
-        scores = _shape_scores(c.mask, others, box)
-        if max(scores.values()) > scores[shape] + 1e-6:
+        box, fit, ok = _match(c, others, shape, shape_hw)
+        if fit < MIN_FIT or not ok:
             continue
         det = Detection(colour, shape, box, fit, c.area)
         if best is None or det.fit > best.fit:

@@ -19,12 +19,13 @@ from typing import Iterable
 import numpy as np
 
 from . import offsets as O
-from .layout import DEPTH_KINDS, GAP, _filter, _partners
+from .layout import DEPTH_KINDS, GAP, candidates
 from .offsets import GRID, SPAN
 from .scene import Scene
 
 FFT_SIDE = 2 * GRID  # offsets -63..63 fit a 128-periodic correlation without wrapping onto each other
 DIRECT_MAX = 40_000  # candidate pairs up to which offsets are listed directly rather than by FFT
+SAMPLE = 4_000       # candidate pairs tried first (every k-th candidate of a, all of b)
 _NATURAL = (np.arange(SPAN) - (GRID - 1)) % FFT_SIDE  # FFT index of each offset -63..63
 
 
@@ -34,11 +35,18 @@ def _cells(cand: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return k[:, 1], k[:, 0]
 
 
+def _hits(ya: np.ndarray, xa: np.ndarray, yb: np.ndarray, xb: np.ndarray, ok: np.ndarray) -> bool:
+    """Whether some cell of a and some cell of b have an offset that ``ok`` allows (every pair)."""
+    flat = (ya[:, None] - yb[None, :] + GRID - 1) * SPAN + (xa[:, None] - xb[None, :] + GRID - 1)
+    return bool(ok.ravel()[flat].any())
+
+
 def reaches(cand_a: np.ndarray, cand_b: np.ndarray, ok: np.ndarray) -> bool:
     """Whether some a in ``cand_a`` and b in ``cand_b`` (grid centres) have an offset a - b that
     ``ok`` ((SPAN, SPAN) bool, rows dy, columns dx) allows.
 
     First the box of all offsets the two sets' bounding boxes allow (rules out most pairs at once);
+    then the differences of a sample of a with all of b (sets that reach mostly reach from there);
     then, for small sets, every difference; for large ones, an FFT cross-correlation of the sets.
     """
     (ya, xa), (yb, xb) = _cells(cand_a), _cells(cand_b)
@@ -48,9 +56,12 @@ def reaches(cand_a: np.ndarray, cand_b: np.ndarray, ok: np.ndarray) -> bool:
     if not ok[ya.min() - yb.max() + c: ya.max() - yb.min() + c + 1,
               xa.min() - xb.max() + c: xa.max() - xb.min() + c + 1].any():
         return False
-    if len(ya) * len(yb) <= DIRECT_MAX:
-        flat = (ya[:, None] - yb[None, :] + GRID - 1) * SPAN + (xa[:, None] - xb[None, :] + GRID - 1)
-        return bool(ok.ravel()[flat].any())
+    pairs = len(ya) * len(yb)
+    step = -(-pairs // SAMPLE)
+    if step > 1 and _hits(ya[::step], xa[::step], yb, xb, ok):  # a witness among a sample of a settles it
+        return True
+    if pairs <= DIRECT_MAX:
+        return _hits(ya, xa, yb, xb, ok)
     import scipy.fft as sfft  # imported on first use (most calls never get here)
 
     ia, ib = np.zeros((FFT_SIDE, FFT_SIDE)), np.zeros((FFT_SIDE, FFT_SIDE))
@@ -75,19 +86,19 @@ def pair_offsets(scene: Scene, a: int, b: int, m: float) -> np.ndarray:
     return ok
 
 
-def may_solve(scene: Scene, fixed: Iterable[int], margin: float = 1.0) -> bool:
+def may_solve(scene: Scene, fixed: Iterable[int], margin: float = 1.0, memo: dict | None = None) -> bool:
     """False only when no ``solve(scene, fixed=fixed, margin=margin)`` can succeed.
 
     ``scene``'s fixed objects are placed; draw orders play no part (``prepare`` is not needed).
-    With one free object this is exactly the solver's first filter.
+    With one free object this is exactly the solver's first filter. ``memo``: shared with the
+    solve that may follow, which then reuses these filters (see ``layout.candidates``).
     """
     fixed = set(fixed)
     free = [i for i in range(len(scene.objects)) if i not in fixed]
     placed = {j: (scene.objects[j].x, scene.objects[j].y) for j in fixed}
-    cand = {}
+    cand, memo = {}, {} if memo is None else memo
     for i in free:
-        depth_partners, rels = _partners(scene, i)
-        cand[i] = _filter(scene, i, placed, depth_partners, rels, margin)
+        cand[i] = candidates(scene, i, placed, margin, memo)[0]
         if not len(cand[i]):
             return False
     for a, b in combinations(free, 2):

@@ -61,17 +61,29 @@ def _sign(v: float) -> float:
     return 1.0 if v > 0 else -1.0 if v < 0 else 0.0
 
 
+# each direction's sign along x and y (0: that axis plays no part)
+_SIGNS = {"left_of": (-1, 0), "right_of": (1, 0), "above": (0, -1), "below": (0, 1),
+          "above_left": (-1, -1), "above_right": (1, -1), "below_left": (-1, 1), "below_right": (1, 1)}
+
+
 def directional(kind: str, a, b, m: float = 0.0):
     """Binary position relation between boxes ``a`` and ``b`` = (x, y, s) arrays (broadcasting)."""
-    dx, dy = _axis_parts(a[0], a[1], a[2], b[0], b[1], b[2])
+    return _direction(kind, _axis_parts(a[0], a[1], a[2], b[0], b[1], b[2]), m)
+
+
+def directions(kinds, a, b, m: float = 0.0) -> list:
+    """``directional`` of each of ``kinds`` between the same boxes (their offset is split once)."""
+    parts = _axis_parts(a[0], a[1], a[2], b[0], b[1], b[2])
+    return [_direction(kind, parts, m) for kind in kinds]
+
+
+def _direction(kind: str, parts, m: float):
+    dx, dy = parts
+    sx, sy = _SIGNS[kind]
     t = 0.5 + (0.05 if kind in DIAGONALS else 0.12) * m
-    left, right, up, down = dx < -t, dx > t, dy < -t, dy > t
-    table = {
-        "left_of": left, "right_of": right, "above": up, "below": down,
-        "above_left": up & left, "above_right": up & right,
-        "below_left": down & left, "below_right": down & right,
-    }
-    return table[kind]
+    x = (dx < -t if sx < 0 else dx > t) if sx else None
+    y = (dy < -t if sy < 0 else dy > t) if sy else None
+    return x if y is None else y if x is None else y & x
 
 
 def between(a, b, c, m: float = 0.0):

@@ -21,12 +21,12 @@ from . import offsets as O
 from .offsets import GRID
 from .render import full_mask
 from .scene import Obj, Relation, Scene
-from .truth import LAYOUT_RES, relation_holds
+from .truth import LAYOUT_RES, boxes, relation_holds
 
 GAP = 0.035          # clear gap between the boxes of objects that do not occlude each other
 MIN_VISIBLE = 0.6    # an occluded object keeps at least this share of its area visible
 DEPTH_KINDS = ("in_front_of", "behind")
-_EIGHT = np.ones((3, 3), bool)
+_EIGHT_IN_PLANE = np.pad(np.ones((1, 3, 3), bool), ((1, 1), (0, 0), (0, 0)))  # 8-connected, plane by plane
 AXIS = {"left_of": ("x", -1), "right_of": ("x", 1), "above": ("y", -1), "below": ("y", 1),
         "above_left": ("xy", (-1, -1)), "above_right": ("xy", (1, -1)),
         "below_left": ("xy", (-1, 1)), "below_right": ("xy", (1, 1))}
@@ -158,6 +158,13 @@ def _axis(half: float) -> np.ndarray:
 
 
 @lru_cache(maxsize=64)
+def _span(half: float) -> tuple[int, int]:
+    """``len(_axis(half))`` and the grid index of its first coordinate."""
+    axis = _axis(half)
+    return len(axis), int(round(axis[0] * GRID - 0.5)) if len(axis) else 0
+
+
+@lru_cache(maxsize=64)
 def _grid(half: float) -> np.ndarray:
     """The candidate centres, row-major over ``_axis(half)`` (y rows, x columns)."""
     g = _axis(half)
@@ -206,33 +213,35 @@ def _filter(scene: Scene, i: int, placed: dict[int, tuple[float, float]],
     """
     objs = scene.objects
     hi = objs[i].half
-    axis = _axis(hi)
-    n, first = len(axis), int(round(axis[0] * GRID - 0.5)) if len(axis) else 0
+    n, first = _span(hi)
     mask = np.ones((n, n), bool)
     later: list[tuple[Relation, float | None]] = []  # (relation, room) applied to survivors
     for r in rels:
-        if r.kind == "between" and r.objects[0] != i:  # i is an end: leave room for the middle one
-            other = [j for j in r.objects[1:] if j != i][0]
+        kind, ends = r.kind, r.objects
+        if kind == "between" and ends[0] != i:  # i is an end: leave room for the middle one
+            other = ends[2] if ends[1] == i else ends[1]
             if other in placed:
-                room = (hi + objs[other].half + 2 * objs[r.objects[0]].half + 2 * GAP) / 0.85
+                room = (hi + objs[other].half + 2 * objs[ends[0]].half + 2 * GAP) / 0.85
                 cell = O.grid_cell(*placed[other])
                 if cell is None:
                     later.append((r, room))
                 else:
                     mask &= O.window(O.room_rule(room), first, n, cell)
-        if r.kind in DEPTH_KINDS or not all(j == i or j in placed for j in r.objects):
+        if kind in DEPTH_KINDS:
             continue
-        if r.kind == "at":
+        if kind == "at":
             mask &= _at_mask(r.region, hi, m)
-        elif len(r.objects) == 2:
-            j = r.objects[1] if r.objects[0] == i else r.objects[0]
+        elif len(ends) == 2:
+            j = ends[1] if ends[0] == i else ends[0]
+            if j not in placed:
+                continue
             cell = O.grid_cell(*placed[j])
             if cell is None:
                 later.append((r, None))
             else:
-                rule = O.pair_rule(r.kind, r.region, r.objects[0] == i, hi, objs[j].half, m)
+                rule = O.pair_rule(kind, r.region, ends[0] == i, hi, objs[j].half, m)
                 mask &= O.window(rule, first, n, cell)
-        else:
+        elif all(j == i or j in placed for j in ends):
             later.append((r, None))
     if not mask.any():  # the relations alone rule every centre out (common for flipped ones)
         return _grid(hi)[:0]
@@ -241,14 +250,26 @@ def _filter(scene: Scene, i: int, placed: dict[int, tuple[float, float]],
         cell = O.grid_cell(x, y)
         if cell is None:
             off_grid.append(j)
-        else:
-            mask &= O.window(O.clear_rule(hi, objs[j].half, j in depth_partners, GAP), first, n, cell)
+            continue
+        # the clearance rule is a square of offsets (O.clear_reach): candidate rows [r0, r1) and
+        # columns [c0, c1) within k steps of the object's cell (clamped: no negative slice ends)
+        overlap = j in depth_partners
+        k = O.clear_reach(hi, objs[j].half, overlap, GAP)
+        r0, r1 = max(cell[1] - k - first, 0), max(cell[1] + k + 1 - first, 0)
+        c0, c1 = max(cell[0] - k - first, 0), max(cell[0] + k + 1 - first, 0)
+        if overlap:  # only the square is allowed
+            mask[:r0] = False
+            mask[r1:] = False
+            mask[:, :c0] = False
+            mask[:, c1:] = False
+        else:  # the square is ruled out
+            mask[r0:r1, c0:c1] = False
     if off_grid:
         pos = np.array([placed[j] for j in off_grid])
         half = np.array([objs[j].half for j in off_grid])
         overlap = np.array([j in depth_partners for j in off_grid])
-        mask &= clearance_mask(axis, hi, pos, half, overlap)
-    cand = _grid(hi).take(np.flatnonzero(mask), axis=0)  # (faster than a boolean row index)
+        mask &= clearance_mask(_axis(hi), hi, pos, half, overlap)
+    cand = _grid(hi).take(mask.ravel().nonzero()[0], axis=0)  # (faster than a boolean row index)
     for r, room in later:
         if not len(cand):
             break
@@ -263,8 +284,27 @@ def _filter(scene: Scene, i: int, placed: dict[int, tuple[float, float]],
             else:
                 geo.append((placed[j][0], placed[j][1], 2 * objs[j].half))
         keep = np.asarray(G.box_relation(r.kind, geo, tuple(range(len(geo))), r.region, m), bool)
-        cand = cand[np.broadcast_to(keep, (len(cand),))]  # size relations do not depend on position
+        if keep.ndim:
+            cand = cand[keep]
+        elif not keep:  # a size relation does not depend on position: all or nothing
+            cand = cand[:0]
     return cand
+
+
+def candidates(scene: Scene, i: int, placed: dict[int, tuple[float, float]], m: float,
+               memo: dict) -> tuple[np.ndarray, set[int]]:
+    """``_filter`` for object i (and its occlusion partners), memoised in ``memo`` -- the caller's,
+    for one spec (sizes and relations; draw order plays no part): every restart's first object, and
+    a solve after ``feasible.may_solve``, ask again for a filter. It keeps ``_partners`` too (key i).
+    """
+    key = (i, frozenset(placed.items()), m)
+    hit = memo.get(key)
+    if hit is None:
+        partners = memo.get(i)
+        if partners is None:
+            partners = memo[i] = _partners(scene, i)
+        hit = memo[key] = (_filter(scene, i, placed, *partners, m), partners[0])
+    return hit
 
 
 def _depth_ok(scene: Scene, placed_scene: Scene, i: int, placed: dict, m: float) -> bool:
@@ -279,15 +319,20 @@ def _depth_ok(scene: Scene, placed_scene: Scene, i: int, placed: dict, m: float)
             return False
     involved = {j for r in placed_scene.relations if r.kind in DEPTH_KINDS and i in r.objects
                 for j in r.objects if j in placed}
+    visible = []
     for b in involved:
         fronts = [f for f in placed if f != b and (objs[f].depth, f) > (objs[b].depth, b)]
         mb = full_mask(objs[b], LAYOUT_RES)
         vis = mb.copy()
         for f in fronts:
             vis &= ~full_mask(objs[f], LAYOUT_RES)
-        if vis.sum() < MIN_VISIBLE * mb.sum() or ndimage.label(vis, _EIGHT)[1] != 1:
-            return False  # mostly hidden, or cut in pieces
-    return True
+        area = vis.sum()
+        if not area or area < MIN_VISIBLE * mb.sum():
+            return False  # mostly hidden
+        visible.append(vis)
+    # not cut in pieces: the (non-empty) visible parts as planes of a stack, labelled at once, make
+    # one component per plane exactly when each is whole
+    return not visible or ndimage.label(np.stack(visible), _EIGHT_IN_PLANE)[1] == len(visible)
 
 
 def prepare(scene: Scene) -> Scene:
@@ -297,12 +342,13 @@ def prepare(scene: Scene) -> Scene:
 
 
 def solve(scene: Scene, seed: int | np.random.Generator = 0, fixed: Iterable[int] = (),
-          margin: float = 1.0, restarts: int = 30, prepared: bool = False) -> Scene:
+          margin: float = 1.0, restarts: int = 30, prepared: bool = False, memo: dict | None = None) -> Scene:
     """Return ``scene`` with every object placed so that all its relations hold (with ``margin``).
 
     Objects in ``fixed`` must already be placed and keep their positions. Raises
     ``UnsatisfiableSceneError`` when the spec contradicts itself or no layout is found.
     ``prepared``: the scene already went through :func:`prepare` (several solves of one spec).
+    ``memo``: a :func:`candidates` memo shared with other calls on this spec (e.g. ``may_solve``).
     """
     if not prepared:
         scene = prepare(scene)
@@ -317,15 +363,15 @@ def solve(scene: Scene, seed: int | np.random.Generator = 0, fixed: Iterable[int
               + sum(2 for r in scene.relations if r.kind == "at" and r.objects[0] == i)
               - sum(10 for r in scene.relations if r.kind == "between" and r.objects[0] == i)
               for i in free}
+    memo = {} if memo is None else memo
     for _ in range(restarts):
         placed = {j: (scene.objects[j].x, scene.objects[j].y) for j in fixed}
         objs = list(scene.objects)
         order = sorted(free, key=lambda i: (-degree[i], rng.random()))
         success = True
         for i in order:
-            depth_partners, rels = _partners(scene, i)
             chosen = None
-            cand = _filter(scene, i, placed, depth_partners, rels, margin)
+            cand, depth_partners = candidates(scene, i, placed, margin, memo)
             tries = 120 if depth_partners else 24
             pick = rng.choice(len(cand), size=min(tries, len(cand)), replace=False) if len(cand) else []
             for x, y in cand[pick]:
@@ -344,7 +390,8 @@ def solve(scene: Scene, seed: int | np.random.Generator = 0, fixed: Iterable[int
         if success:
             out = scene.moved(objs)
             moved = set(free)  # relations among fixed objects keep holding, occlusions may re-order
-            if all(relation_holds(out, r, margin) for r in out.relations
+            bx = boxes(out)
+            if all(relation_holds(out, r, margin, bx) for r in out.relations
                    if r.kind in DEPTH_KINDS or moved.intersection(r.objects)):
                 return out
     raise UnsatisfiableSceneError(

@@ -20,6 +20,7 @@ SPAN = 2 * GRID - 1       # offsets -63..63 (in grid steps), index = offset + GR
 _D = (np.arange(SPAN) - (GRID - 1)) / GRID
 
 
+@lru_cache(maxsize=8192)  # the solver asks for the same few placements over and over
 def grid_cell(x: float, y: float) -> tuple[int, int] | None:
     """(column, row) of a grid centre, or None for a point that is not one."""
     kx, ky = x * GRID - 0.5, y * GRID - 0.5
@@ -52,6 +53,21 @@ def clear_rule(ha: float, hb: float, overlap: bool, gap: float) -> np.ndarray:
     s = np.abs(_D) - (ha + hb)
     ok = s < -0.01 if overlap else s >= gap
     return _frozen(ok[:, None] & ok[None, :] if overlap else ok[:, None] | ok[None, :])
+
+
+@lru_cache(maxsize=256)
+def clear_reach(ha: float, hb: float, overlap: bool, gap: float) -> int:
+    """``clear_rule`` as a square: the k (-1 for none) such that the offsets with max(|dx|, |dy|)
+    <= k steps are exactly those ruled out (no ``overlap``) or allowed (``overlap``). The rule is
+    a separation per axis, symmetric and monotone in |offset|, so it is such a square (checked)."""
+    rule = clear_rule(ha, hb, overlap, gap)
+    inside = rule[GRID - 1, GRID - 1:] if overlap else ~rule[GRID - 1, GRID - 1:]  # dy = 0, dx >= 0
+    k = int(inside.sum()) - 1
+    d = np.abs(np.arange(SPAN) - (GRID - 1))
+    square = (d[:, None] <= k) & (d[None, :] <= k)
+    if not np.array_equal(rule, square if overlap else ~square):  # pragma: no cover - by construction
+        raise AssertionError(f"clear_rule({ha}, {hb}, {overlap}, {gap}) is not a square")
+    return k
 
 
 @lru_cache(maxsize=256)

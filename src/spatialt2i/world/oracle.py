@@ -14,7 +14,7 @@ import numpy as np
 from PIL import Image
 
 from . import geometry as G
-from .detect import Detection, best_match, components, label_pixels
+from .detect import Detection, best_match, components_of, label_pixels
 from .render import template
 from .scene import Relation, Scene
 from .vocab import COLOURS
@@ -74,15 +74,21 @@ class _Reader:
         self.dets: dict[int, Detection | None] = {}
         self.comps: dict[str, tuple] = {}  # colour -> components (shared by objects of one colour)
 
+    def label(self, objs) -> None:
+        """Find the components of the colours of objects ``objs`` not done yet (in one pass)."""
+        todo = [self.scene.objects[i].colour for i in objs if self.scene.objects[i].colour not in self.comps]
+        if todo:
+            self.comps.update(components_of(self.labels, todo))
+
     def det(self, i: int) -> Detection | None:
         if i not in self.dets:
             o = self.scene.objects[i]
-            if o.colour not in self.comps:
-                self.comps[o.colour] = components(self.labels, o.colour)
+            self.label([i])
             self.dets[i] = best_match(*self.comps[o.colour], o.colour, o.shape, self.labels.shape)
         return self.dets[i]
 
     def holds(self, r: Relation) -> bool:
+        self.label(r.objects)
         dets = [self.det(i) for i in r.objects]
         if any(d is None for d in dets):
             return False
@@ -95,6 +101,7 @@ class _Reader:
 def judge(scene: Scene, image: Image.Image | np.ndarray) -> Verdict:
     """Check every relation and object of ``scene`` (positions in it are ignored) against ``image``."""
     rd = _Reader(scene, image)
+    rd.label(range(len(scene.objects)))  # every object is looked for
     out = [rd.holds(r) for r in scene.relations]
     dets = [rd.det(i) for i in range(len(scene.objects))]
     return Verdict(out, [d is not None for d in dets], dets)

@@ -91,9 +91,9 @@ def true_relations(scene: Scene, m: float = 1.0) -> list[Relation]:
     eye = np.eye(n, dtype=bool)
     out: list[Relation] = []
     # b-relative, one side only (the other side is said by stating it from b)
-    for kind in ("above_left", "above_right", "left_of", "above"):
-        hold = G.directional(kind, A, B, m) & ~eye
-        out += [Relation(kind, (int(a), int(b))) for a, b in zip(*np.nonzero(hold))]
+    kinds = ("above_left", "above_right", "left_of", "above")
+    for kind, hold in zip(kinds, G.directions(kinds, A, B, m)):
+        out += [Relation(kind, (int(a), int(b))) for a, b in zip(*np.nonzero(hold & ~eye))]
     big = G.size_relation("bigger", A, B, m) & ~eye
     out += [Relation("bigger", (int(a), int(b))) for a, b in zip(*np.nonzero(big))]
     touch = (np.maximum(np.abs(A[0] - B[0]), np.abs(A[1] - B[1])) < (A[2] + B[2]) / 2) & ~eye
