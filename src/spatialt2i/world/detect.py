@@ -145,7 +145,7 @@ def _fit_box(m: np.ndarray, hidden: np.ndarray, bbox, shape: str, touching: bool
     return best, best_iou
 
 
-@lru_cache(maxsize=8192)
+@lru_cache(maxsize=1024)  # (keys are two s x s crops: ~40 MB at most for 512-pixel images)
 def _square_fit(shape: str, s: int, sub: bytes, hid: bytes) -> tuple[float, bool]:
     """Masked IoU of ``shape`` at a component's own s x s pixel box, and whether ``shape`` passes
     the shape check there, from the box's component and hidden pixels (``tobytes`` of the s x s
