@@ -108,9 +108,10 @@ def _window_sums(planes: np.ndarray, oy: int, ox: int, ny: int, nx: int, s: int,
     return (win.reshape(P * ny * nx, s * s) @ t).reshape(P, ny, nx)
 
 
-def _fit_box(m: np.ndarray, hidden: np.ndarray, bbox, shape: str, touching: bool, shape_hw):
+def _fit_box(m: np.ndarray, hidden: np.ndarray, bbox, shape: str, touching: bool, shape_hw, prune: bool = True):
     """Best square box for component mask ``m`` (canvas-sized bool) and its masked IoU, where the
-    component's own pixel box is not square or it touches another object (else see ``_match``)."""
+    component's own pixel box is not square or it touches another object (else see ``_match``).
+    ``prune=False`` searches every size (the reference the pruned search is tested against)."""
     x0, y0, x1, y1 = bbox
     w, h = x1 - x0 + 1, y1 - y0 + 1
     H, W = shape_hw
@@ -133,7 +134,7 @@ def _fit_box(m: np.ndarray, hidden: np.ndarray, bbox, shape: str, touching: bool
         # and pen <= t_sum - inter, IoU <= I / (HIDDEN_WEIGHT * (t_sum - I) + n_m); the slack
         # covers float32 rounding (relative errors below 1e-5), so the result is unchanged
         most = min(n_m, float(t_sum))
-        if most / (HIDDEN_WEIGHT * (t_sum - most) + n_m) * (1 + 1e-3) <= best_iou:
+        if prune and most / (HIDDEN_WEIGHT * (t_sum - most) + n_m) * (1 + 1e-3) <= best_iou:
             continue
         inter, pen = _window_sums(both, oy0, ox0, oy1 - oy0 + 1, ox1 - ox0 + 1, s, t)
         union = t_sum + n_m - inter - (1 - HIDDEN_WEIGHT) * pen
