@@ -31,8 +31,9 @@ def main() -> None:
     import torch
 
     from spatialt2i.gen.evaluate import evaluate_images, heldout_scenes, to_uint8
-    from spatialt2i.gen.flux import FluxGenerator, pack_latents, unpack_latents
+    from spatialt2i.gen.flux import FluxGenerator, pack_latents
     from spatialt2i.gen.pretrain import to_pixels, world_generator_path
+    from spatialt2i.rl.sde import sde_step
     from spatialt2i.world.render import render
 
     torch.set_num_threads(args.threads)
@@ -41,11 +42,9 @@ def main() -> None:
     vae, n = gen.pipe.vae, args.n
     scenes, prompts = heldout_scenes(n)
     pixels = to_pixels(np.stack([np.asarray(render(s, 64)) for s in scenes]))
-    lat_h = lat_w = 64 // gen.pipe.vae_scale_factor
 
     def decode(packed: torch.Tensor) -> list:
-        z = unpack_latents(packed, lat_h, lat_w) / vae.config.scaling_factor + vae.config.shift_factor
-        return to_uint8(gen.pipe.image_processor.postprocess(vae.decode(z).sample, output_type="pt"))
+        return to_uint8(gen.decode(packed))
 
     with torch.no_grad():
         z = vae.encode(pixels).latent_dist.mode()
@@ -60,7 +59,7 @@ def main() -> None:
             for i in range(k, args.steps):
                 v = gen.forward(x, torch.full((n,), float(sigmas[i])), emb.prompt_embeds, emb.pooled,
                                 torch.full((n,), gen.guidance_scale))
-                x = x + (float(sigmas[i + 1]) - float(sigmas[i])) * v
+                x = sde_step(v, x, float(sigmas[i]), float(sigmas[i + 1]), 0.0, dynamics="ode")[0]
             r = evaluate_images(scenes, decode(x))
             print(f"start sigma {s0:.3f} (step {k:2d}): presence {r['presence']:.3f}  all-correct {r['all_correct']:.3f}")
         r = evaluate_images(scenes, decode(x0))

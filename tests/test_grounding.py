@@ -80,6 +80,12 @@ def test_recording_processor_matches_diffusers() -> None:
     assert torch.allclose(out, ref, atol=1e-5)
     assert len(procs) == 2 and procs[0].img_to_txt.shape == (2, 16, 5)
     assert torch.all(procs[0].img_to_txt.sum(-1) <= 1.0 + 1e-6)   # a share of each image row's attention
+    # the loss trains the attention: its gradient reaches each double block's query projection
+    tr(**kw)  # recorded with autograd on
+    t = GroundingTargets(torch.tensor([0, 1]), torch.tensor([1, 3]), torch.tensor([0, 1]),
+                         (torch.arange(16) < 8).float().repeat(2, 1))
+    torch.stack([grounding_loss(p.img_to_txt, t) for p in procs]).mean().backward()
+    assert all(b.attn.to_q.weight.grad.abs().sum() > 0 for b in tr.transformer_blocks)
     remove_recorders(tr)
     with torch.no_grad():
         assert torch.equal(tr(**kw).sample, ref)
