@@ -14,7 +14,9 @@ The transformer pass is diffusers' own block by block, except that the last sing
 computed for the image tokens only (the model discards its text tokens' outputs).
 
 Latents along the trajectory are kept in fp32 (the SDE math is fp32); the transformer runs in its
-own dtype (fp32 on CPU, bf16 on CUDA if loaded so).
+own dtype (fp32 on CPU, bf16 on CUDA if loaded so). The latent layout (packing, ids, shift) is in
+:mod:`spatialt2i.gen.latents`, the sampler's outputs in :mod:`spatialt2i.gen.trajectory` (both
+re-exported here).
 """
 
 from __future__ import annotations
@@ -24,7 +26,6 @@ import os
 import re
 from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,102 +33,18 @@ import numpy as np
 import torch
 
 from spatialt2i.errors import SpatialT2IError
+from spatialt2i.gen.latents import calculate_shift, image_ids, pack_latents, unpack_latents
+from spatialt2i.gen.trajectory import PromptEmbeds, Trajectory, _stack_with_grad
 from spatialt2i.rl.sde import sde_step
+
+__all__ = ["DEFAULT_MAX_SEQUENCE_LENGTH", "FluxGenerator", "GeneratorLoadError", "PromptEmbeds", "Trajectory",
+           "calculate_shift", "check_flux_folder", "image_ids", "pack_latents", "unpack_latents"]
 
 DEFAULT_MAX_SEQUENCE_LENGTH = 512
 
 
 class GeneratorLoadError(SpatialT2IError, ValueError):
     """A generator path or hub id is missing, unreachable, or not a Flux pipeline."""
-
-
-@dataclass
-class PromptEmbeds:
-    """T5 sequence embeddings (B, T, D) and CLIP pooled embeddings (B, P) of a batch of prompts."""
-
-    prompt_embeds: torch.Tensor
-    pooled: torch.Tensor
-
-    def __len__(self) -> int:
-        return self.prompt_embeds.shape[0]
-
-    def index(self, idx: torch.Tensor | Sequence[int] | slice) -> "PromptEmbeds":
-        return PromptEmbeds(self.prompt_embeds[idx], self.pooled[idx])
-
-    def repeat_interleave(self, n: int) -> "PromptEmbeds":
-        return PromptEmbeds(self.prompt_embeds.repeat_interleave(n, 0), self.pooled.repeat_interleave(n, 0))
-
-
-def _stack_with_grad(parts: list[torch.Tensor]) -> torch.Tensor | None:
-    with torch.enable_grad():   # under sample()'s no_grad a plain stack would cut the graph
-        return torch.stack(parts, 1) if parts else None
-
-
-@dataclass
-class Trajectory:
-    """A batch of sampled trajectories.
-
-    ``latents``: (B, S + 1, seq, C) packed fp32 latents, ``latents[:, 0]`` the initial noise and
-    ``latents[:, -1]`` the final sample; ``log_probs``: (B, S) log-prob of each transition
-    (0 for deterministic steps); ``sigmas``: (S + 1,) with ``sigmas[-1] == 0``;
-    ``noise_levels``: (S,) the noise level used at each step (0 outside the SDE window).
-    """
-
-    latents: torch.Tensor
-    log_probs: torch.Tensor
-    sigmas: torch.Tensor
-    noise_levels: torch.Tensor
-    dynamics: str
-    embeds: PromptEmbeds
-    guidance: float | None
-    height: int
-    width: int
-    negative: PromptEmbeds | None = None
-    true_cfg_scale: float = 1.0
-    images: Any = None
-    extras: dict[str, Any] = field(default_factory=dict)
-    # (B, len(grad_steps)) log-probs of the steps sampled with ``grad_steps``, still attached to the
-    # autograd graph of the rollout's forward passes (None otherwise)
-    graph_log_probs: torch.Tensor | None = None
-
-    @property
-    def num_steps(self) -> int:
-        return self.sigmas.shape[0] - 1
-
-    @property
-    def sigma_max(self) -> float:
-        """The schedule's second sigma: Flow-GRPO's stand-in for sigma = 1 in the flow_sde std."""
-        return float(self.sigmas[1]) if self.num_steps > 1 else 0.5
-
-
-def calculate_shift(image_seq_len: int, base_seq_len: int = 256, max_seq_len: int = 4096,
-                    base_shift: float = 0.5, max_shift: float = 1.15) -> float:
-    """Flux's dynamic-shift ``mu``: linear in the image token count (same as diffusers)."""
-    m = (max_shift - base_shift) / (max_seq_len - base_seq_len)
-    return image_seq_len * m + base_shift - m * base_seq_len
-
-
-def pack_latents(latents: torch.Tensor) -> torch.Tensor:
-    """(B, C, H, W) -> (B, H/2 * W/2, 4C): Flux's 2x2 patch packing."""
-    b, c, h, w = latents.shape
-    x = latents.view(b, c, h // 2, 2, w // 2, 2).permute(0, 2, 4, 1, 3, 5)
-    return x.reshape(b, (h // 2) * (w // 2), c * 4)
-
-
-def unpack_latents(packed: torch.Tensor, latent_height: int, latent_width: int) -> torch.Tensor:
-    """(B, H/2 * W/2, 4C) -> (B, C, H, W); the inverse of :func:`pack_latents`."""
-    b, _, ch = packed.shape
-    x = packed.view(b, latent_height // 2, latent_width // 2, ch // 4, 2, 2).permute(0, 3, 1, 4, 2, 5)
-    return x.reshape(b, ch // 4, latent_height, latent_width)
-
-
-def image_ids(grid_height: int, grid_width: int, device: torch.device | str = "cpu",
-              dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """(h*w, 3) position ids of the packed image tokens: (0, row, col)."""
-    ids = torch.zeros(grid_height, grid_width, 3)
-    ids[..., 1] = torch.arange(grid_height)[:, None]
-    ids[..., 2] = torch.arange(grid_width)[None, :]
-    return ids.reshape(grid_height * grid_width, 3).to(device=device, dtype=dtype)
 
 
 def _image_tokens_single_block(block: torch.nn.Module, hidden: torch.Tensor, enc: torch.Tensor,
