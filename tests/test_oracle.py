@@ -73,6 +73,31 @@ def test_missing_or_wrong_shape_objects_are_absent():
     assert judge(s, blank).presence == 0.0
 
 
+def test_specks_and_mostly_hidden_claims_are_not_objects():
+    """Colour noise is not a scene: a speck is smaller than any world object, and a blob touching
+    other colours cannot be explained as a shape hidden by more than half."""
+    from spatialt2i.world.vocab import COLOURS
+
+    s = Scene((Obj("square", "red", "small", 0.5, 0.5),))
+    img = np.full((64, 64, 3), 255, np.uint8)
+    img[30:33, 30:33] = COLOURS["red"]          # a 3x3 red square: the smallest world square is ~11 px
+    assert judge(s, img).present == [False]
+    img[24:35, 24:35] = COLOURS["red"]          # an 11x11 one is
+    assert judge(s, img).present == [True]
+    # a red L covering 31 % of a 12 px square, the rest of the square's box painted other colours
+    img = np.full((64, 64, 3), 255, np.uint8)
+    img[20:30, 22:32] = [COLOURS["green"], COLOURS["blue"]] * 5
+    img[20:32, 20:22] = COLOURS["red"]
+    img[30:32, 20:32] = COLOURS["red"]
+    assert judge(s, img).present == [False]
+    # random colour confetti of 2 px cells rarely holds a plausible object
+    rng = np.random.default_rng(0)
+    pal = np.array(list(COLOURS.values()) + [(255, 255, 255)] * 4, np.uint8)
+    scenes = _scenes(30, 5)
+    conf = [pal[rng.integers(0, len(pal), (32, 32))].repeat(2, 0).repeat(2, 1) for _ in scenes]
+    assert np.mean([judge(sc, c).presence for sc, c in zip(scenes, conf)]) < 0.6
+
+
 def test_oracle_reads_any_resolution():
     s = _scenes(5, 3)
     for sc in s:

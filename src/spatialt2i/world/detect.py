@@ -7,6 +7,10 @@
    counted as "could be hidden" at a small cost (an amodal fit).
 4. Shape check: at that box, the template of s must fit the component at least as well as every
    other shape's template (IoU, hidden pixels ignored) and reach ``MIN_FIT``.
+5. Plausibility: the box is no smaller than ``MIN_SIDE_FRAC`` of the smallest object's side, and
+   the component covers at least ``MIN_SHOWN`` of the template there (the world keeps 60 % of an
+   occluded object visible). Without it, the amodal fit explains any speck of a colour touching
+   other colours as a mostly hidden shape, and colour noise ("confetti") would count as objects.
 The best-fitting candidate that passes is the detection; none passing means "absent".
 """
 
@@ -19,7 +23,7 @@ import numpy as np
 from PIL import Image
 
 from .render import template
-from .vocab import BACKGROUND, COLOURS, SHAPES
+from .vocab import BACKGROUND, COLOURS, SHAPES, SIZES
 
 PALETTE_NAMES = list(COLOURS)
 PALETTE = np.array([COLOURS[c] for c in PALETTE_NAMES] + [BACKGROUND], dtype=np.float32)
@@ -27,6 +31,8 @@ BG, UNKNOWN = len(PALETTE_NAMES), -1
 MAX_COLOUR_DIST = 110.0
 MIN_FIT = 0.55
 MIN_AREA_FRAC = 0.0015  # components smaller than this share of the canvas are noise
+MIN_SIDE_FRAC = 0.6     # a detection's box side >= this x the smallest object's side (2 x SIZES["small"])
+MIN_SHOWN = 0.5         # ... and its component covers >= this share of the template at that box
 _EIGHT = np.ones((3, 3), bool)  # 8-connectivity
 _EIGHT_IN_PLANE = np.pad(_EIGHT[None], ((1, 1), (0, 0), (0, 0)))  # 8-connectivity within planes of a stack
 
@@ -247,13 +253,28 @@ def _match(c: Component, others: np.ndarray, shape: str, shape_hw) -> tuple[tupl
     return box, fit, not max(scores.values()) > scores[shape] + 1e-6
 
 
+def plausible(c: Component, shape: str, box, canvas: int) -> bool:
+    """Whether ``box`` is the size of a world object and ``c`` shows enough of ``shape``'s template there."""
+    x0, y0, x1, y1 = box
+    w, h = x1 - x0 + 1, y1 - y0 + 1
+    if max(w, h) < MIN_SIDE_FRAC * 2 * min(SIZES.values()) * canvas:
+        return False
+    t = _templates(w, h)[SHAPES.index(shape)]
+    H, W = c.mask.shape
+    win = np.zeros((h, w), bool)   # the part of the box on the canvas
+    ys, xs = slice(max(y0, 0), min(y1 + 1, H)), slice(max(x0, 0), min(x1 + 1, W))
+    win[ys.start - y0: ys.stop - y0, xs.start - x0: xs.stop - x0] = c.mask[ys, xs]
+    return int((win & t).sum()) >= MIN_SHOWN * int(t.sum())
+
+
 def best_match(comps: list[Component], others: np.ndarray | None, colour: str, shape: str,
                shape_hw: tuple[int, int]) -> Detection | None:
-    """The best-fitting component that passes the shape check for ``shape``, or None."""
+    """The best-fitting component that passes the shape check for ``shape`` and is
+    :func:`plausible`, or None."""
     best: Detection | None = None
     for c in comps:
         box, fit, ok = _match(c, others, shape, shape_hw)
-        if fit < MIN_FIT or not ok:
+        if fit < MIN_FIT or not ok or not plausible(c, shape, box, min(shape_hw)):
             continue
         det = Detection(colour, shape, box, fit, c.area)
         if best is None or det.fit > best.fit:
