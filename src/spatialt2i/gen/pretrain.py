@@ -1,8 +1,11 @@
 """Pretrain the world's base generator: a tiny Flux pipeline trained on rendered world scenes.
 
-``spatialt2i world pretrain --out DIR`` runs two stages on scenes drawn fresh every step:
+``spatialt2i world pretrain --out DIR`` runs up to three stages on scenes drawn fresh every step:
 
-1. **VAE** — an ``AutoencoderKL`` (3 blocks: VAE scale factor 4, 16 latent channels, so 64 px
+0. **Text encoders** (optional, ``text_steps`` > 0; :mod:`spatialt2i.gen.text_pretrain`) — the
+   world's stand-in for pretrained T5/CLIP: a scene-parse objective on prompts alone. With
+   ``text_lr: 0`` they then stay frozen in flow matching, as FLUX.1-dev's are.
+1. **VAE** (skipped with ``init_vae``: reuse a trained one) — an ``AutoencoderKL`` (3 blocks: VAE scale factor 4, 16 latent channels, so 64 px
    images give 16x16 latents = 64 packed image tokens) learns to reconstruct scenes. It is fully
    convolutional (no mid-block attention), so it trains on random crops (cheap) and then encodes
    whole images. After this stage its ``shift_factor``/``scaling_factor`` are set from latent
@@ -13,8 +16,10 @@
    visits). The loss goes through :meth:`FluxGenerator.forward`, the same call sampling and RL use.
    A short curriculum starts with 1-2 objects and few relations and widens to the full prompt mix.
    Optional: a token grounding loss (``grounding_weight``, :mod:`spatialt2i.gen.grounding`) that
-   puts the attention of each object's words inside the object's pixels, and an EMA of the
-   weights (``ema_decay``) that is evaluated and saved.
+   puts the attention of each object's words inside the object's pixels, an EMA of the
+   weights (``ema_decay``) that is evaluated and saved, a heavier loss on the image tokens that
+   show objects (``object_weight``; the white background is most of every image), and empty
+   prompts at a rate (``text_dropout``) so that the model can be sampled with true CFG.
 
 Each stage is budgeted in minutes of wall time (``--minutes`` is the total). Every few minutes a
 training state (all weights, optimiser, step, data RNG) is written to ``DIR/train_state/`` so a
@@ -40,6 +45,8 @@ from spatialt2i.gen.pretrain_config import (
     DEFAULT_MAX_SEQUENCE_LENGTH, SHIPPED_GENERATOR, DataConfig, ModelConfig, PretrainConfig, load_config,
     world_generator_path)
 from spatialt2i.gen.scene_stream import SceneStream, to_pixels
+from spatialt2i.gen.schedule import lr_factor, shifted_sigmas
+from spatialt2i.gen.vae_stage import finetune_decoder, latent_scale, load_vae, reconstruction_check, vae_step
 
 __all__ = ["DEFAULT_MAX_SEQUENCE_LENGTH", "SHIPPED_GENERATOR", "DataConfig", "ModelConfig", "PretrainConfig",
            "Pretrainer", "SceneStream", "build_pipeline", "load_config", "pretrain", "to_pixels",
@@ -51,13 +58,14 @@ def build_pipeline(cfg: PretrainConfig):
     """A random-init tiny FluxPipeline with this config's sizes (tokenizers built offline)."""
     from diffusers import AutoencoderKL, FluxPipeline
 
-    from spatialt2i.gen.tiny import LATENT_CHANNELS, build_tiny_flux_pipeline
+    from spatialt2i.gen.tiny import build_tiny_flux_pipeline
 
     m = cfg.model
     base = build_tiny_flux_pipeline(
         seed=cfg.seed, vae_blocks=len(m.vae_channels), num_layers=m.num_layers,
         num_single_layers=m.num_single_layers, heads=m.heads, head_dim=m.head_dim,
-        joint_dim=m.joint_dim, pooled_dim=m.pooled_dim, guidance_embeds=m.guidance_embeds)
+        joint_dim=m.joint_dim, pooled_dim=m.pooled_dim, guidance_embeds=m.guidance_embeds,
+        latent_channels=m.latent_channels)
     torch.manual_seed(cfg.seed + 1)
     groups = math.gcd(*m.vae_channels) if len(m.vae_channels) > 1 else m.vae_channels[0]
     vae = AutoencoderKL(
@@ -65,9 +73,11 @@ def build_pipeline(cfg: PretrainConfig):
         down_block_types=("DownEncoderBlock2D",) * len(m.vae_channels),
         up_block_types=("UpDecoderBlock2D",) * len(m.vae_channels),
         block_out_channels=tuple(m.vae_channels), layers_per_block=1,
-        latent_channels=LATENT_CHANNELS, norm_num_groups=min(8, groups), sample_size=cfg.image_size,
+        latent_channels=m.latent_channels, norm_num_groups=min(8, groups), sample_size=cfg.image_size,
         mid_block_add_attention=False,  # fully convolutional: trains on crops
         scaling_factor=1.0, shift_factor=0.0, use_quant_conv=False, use_post_quant_conv=False)
+    if cfg.init_vae:
+        vae = load_vae(cfg.init_vae, m.latent_channels)
     pipe = FluxPipeline(scheduler=base.scheduler, vae=vae, text_encoder=base.text_encoder,
                         tokenizer=base.tokenizer, text_encoder_2=base.text_encoder_2,
                         tokenizer_2=base.tokenizer_2, transformer=base.transformer)
@@ -75,75 +85,13 @@ def build_pipeline(cfg: PretrainConfig):
     return pipe
 
 
-def _lr_factor(step: int, total: int, warmup: int, min_ratio: float) -> float:
-    if step < warmup:
-        return (step + 1) / warmup
-    prog = min(1.0, (step - warmup) / max(1, total - warmup))
-    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * prog))
+def object_tokens(scenes, image_size: int, cell: int) -> torch.Tensor:
+    """(B, N_img) float 0/1: the packed image tokens that show some object of each scene."""
+    from spatialt2i.gen.grounding import token_grid_mask
+    from spatialt2i.world.render import id_map
 
-
-def shifted_sigmas(u: torch.Tensor, image_seq_len: int, sched_cfg: Any) -> torch.Tensor:
-    """Flux's time shift of ``u`` in (0, 1) for ``image_seq_len`` tokens (what the sampler visits)."""
-    from spatialt2i.gen.flux import calculate_shift
-
-    mu = calculate_shift(image_seq_len, sched_cfg.get("base_image_seq_len", 256),
-                         sched_cfg.get("max_image_seq_len", 4096), sched_cfg.get("base_shift", 0.5),
-                         sched_cfg.get("max_shift", 1.15))
-    e = math.exp(mu)
-    return e / (e + (1 / u - 1))
-
-
-def finetune_decoder(vae: torch.nn.Module, cfg: PretrainConfig, progress: Any = None) -> dict[str, torch.Tensor]:
-    """Fine-tune a copy of ``vae``'s decoder for ``cfg.decoder_steps`` on frozen-encoder latents.
-
-    Depends only on the VAE it is given and ``cfg`` (its own data stream, seeded from
-    ``cfg.seed``), so it gives the same result whenever it runs. Returns the new VAE state dict.
-    """
-    import copy
-
-    vae = copy.deepcopy(vae).float()
-    vae.train()
-    for q in vae.parameters():
-        q.requires_grad_(False)
-    params = list(vae.decoder.parameters())
-    for q in params:
-        q.requires_grad_(True)
-    stream = SceneStream(cfg, cfg.seed + 777)
-    gen = torch.Generator().manual_seed(cfg.seed + 778)
-    opt = torch.optim.AdamW(params, lr=cfg.decoder_lr, weight_decay=0.0)
-    std = 1.0 / float(vae.config.scaling_factor)
-    c, n = cfg.vae_crop, cfg.image_size
-    losses = []
-    for step in range(cfg.decoder_steps):
-        _, imgs, _ = stream.batch(cfg.vae_batch)
-        x = to_pixels(imgs)
-        with torch.no_grad():
-            z = vae.encode(x).latent_dist.mode()
-            z = z + cfg.decoder_latent_noise * std * torch.randn(z.shape, generator=gen)
-        # crop in latent space (factor = VAE scale factor) and the matching pixels
-        f = n // z.shape[-1]
-        zc, xc = [], []
-        for i in range(z.shape[0]):
-            oy, ox = (int(v) for v in stream.rng.integers(0, (n - c) // f + 1, size=2))
-            zc.append(z[i, :, oy:oy + c // f, ox:ox + c // f])
-            xc.append(x[i, :, oy * f:oy * f + c, ox * f:ox * f + c])
-        z, x = torch.stack(zc), torch.stack(xc)
-        for g in opt.param_groups:
-            g["lr"] = cfg.decoder_lr * _lr_factor(step, cfg.decoder_steps, 20, 0.05)
-        rec = vae.decode(z).sample
-        w = 1.0 + (cfg.vae_object_weight - 1.0) * (x < 0.99).any(1, keepdim=True).float()
-        err = rec - x
-        loss = ((err.abs() + err.pow(2)) * w).sum() / (w.sum() * 3)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 5.0)
-        opt.step()
-        losses.append(float(loss.detach()))
-        if progress is not None and (step + 1) % cfg.log_every == 0:
-            progress(step + 1, float(np.mean(losses)))
-            losses = []
-    vae.eval()
-    return {k: v.detach().clone() for k, v in vae.state_dict().items()}
+    return torch.tensor(np.stack([token_grid_mask(id_map(s, image_size) > 0, cell) for s in scenes]),
+                        dtype=torch.float32)
 
 
 # ---------------------------------------------------------------------------------------- trainer
@@ -168,15 +116,20 @@ class Pretrainer:
         _quiet()
         self.pipe = build_pipeline(cfg)
         self.stream = SceneStream(cfg, cfg.seed + 12345)
-        self.stage = "vae"
+        self.stage = "text" if cfg.text_steps > 0 else "vae"
         self.step = 0           # step within the current stage
-        self.elapsed = {"vae": 0.0, "fm": 0.0}
+        self.elapsed = {"text": 0.0, "vae": 0.0, "fm": 0.0}
+        self.text_stage = None
+        if cfg.text_steps > 0:
+            from spatialt2i.gen.text_pretrain import TextStage
+
+            self.text_stage = TextStage(self.pipe, cfg.text_stage_lr, cfg.text_where_weight, cfg.max_sequence_length)
         self.vae_opt = torch.optim.AdamW(self.pipe.vae.parameters(), lr=cfg.vae_lr, weight_decay=0.0)
-        self.fm_opt = torch.optim.AdamW([
-            {"params": list(self.pipe.transformer.parameters()), "lr": cfg.lr, "base_lr": cfg.lr},
-            {"params": list(self.pipe.text_encoder_2.parameters()) + list(self.pipe.text_encoder.parameters()),
-             "lr": cfg.text_lr, "base_lr": cfg.text_lr},
-        ], weight_decay=0.0)
+        groups = [{"params": list(self.pipe.transformer.parameters()), "lr": cfg.lr, "base_lr": cfg.lr}]
+        if cfg.text_lr > 0:  # else the text encoders stay frozen, as FLUX.1-dev's are
+            groups.append({"params": list(self.pipe.text_encoder_2.parameters())
+                           + list(self.pipe.text_encoder.parameters()), "lr": cfg.text_lr, "base_lr": cfg.text_lr})
+        self.fm_opt = torch.optim.AdamW(groups, weight_decay=0.0)
         self._recorders: list = []        # attention recorders (grounding loss), set in the flow-matching stage
         self._ground_losses: list[float] = []
         self.ema = None
@@ -224,6 +177,7 @@ class Pretrainer:
             "data_rng": self.stream.state(), "torch_rng": torch.get_rng_state(),
             "config": dataclasses.asdict(self.cfg),
             "ema": self.ema.state_dict() if self.ema is not None else None,
+            "text_stage": self.text_stage.state_dict() if self.text_stage is not None else None,
         }
         tmp = self.state_dir / "state.pt.tmp"
         torch.save(state, tmp)
@@ -242,8 +196,11 @@ class Pretrainer:
         self.stream.set_state(s["data_rng"])
         if self.ema is not None and s.get("ema") is not None:
             self.ema.load_state_dict(s["ema"])
+        if self.text_stage is not None and s.get("text_stage") is not None:
+            self.text_stage.load_state_dict(s["text_stage"])
         torch.set_rng_state(s["torch_rng"])
-        self.stage, self.step, self.elapsed = s["stage"], int(s["step"]), dict(s["elapsed"])
+        self.stage, self.step = s["stage"], int(s["step"])
+        self.elapsed.update(s["elapsed"])
         self._say(f"resumed: stage {self.stage}, step {self.step}, "
                   f"{sum(self.elapsed.values()) / 60:.1f} min done")
 
@@ -279,6 +236,8 @@ class Pretrainer:
         return self.cfg.minutes * 60 * (1 - self.cfg.vae_share)
 
     def _vae_more(self) -> bool:
+        if self.cfg.init_vae:
+            return False
         if self.cfg.vae_steps > 0 and self.step >= self.cfg.vae_steps:
             return False
         return self.elapsed["vae"] < self.vae_budget_s()
@@ -290,36 +249,6 @@ class Pretrainer:
             return False
         return self.elapsed["fm"] < self.fm_budget_s()
 
-    def _vae_step(self) -> float:
-        cfg, vae = self.cfg, self.pipe.vae
-        _, imgs, _ = self.stream.batch(cfg.vae_batch)
-        x = to_pixels(imgs)
-        c = cfg.vae_crop
-        if c < cfg.image_size:
-            rng = self.stream.rng
-            crops = []
-            for i in range(x.shape[0]):
-                oy, ox = (int(v) for v in rng.integers(0, cfg.image_size - c + 1, size=2))
-                crops.append(x[i, :, oy:oy + c, ox:ox + c])
-            x = torch.stack(crops)
-        for g in self.vae_opt.param_groups:
-            g["lr"] = cfg.vae_lr * _lr_factor(self.step, max(1, self._vae_total_steps()), 50, 0.05)
-        post = vae.encode(x).latent_dist
-        z = post.sample()
-        rec = vae.decode(z).sample
-        # L1 + MSE keep flat colours exact and edges sharp; object pixels weigh more than the
-        # white background (which would otherwise dominate); KL keeps the latent well scaled
-        w = 1.0 + (cfg.vae_object_weight - 1.0) * (x < 0.99).any(1, keepdim=True).float()
-        err = rec - x
-        l_rec = ((err.abs() + err.pow(2)) * w).sum() / (w.sum() * 3)
-        kl = post.kl().mean() / z[0].numel()
-        loss = l_rec + cfg.kl_weight * kl
-        self.vae_opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(vae.parameters(), 5.0)
-        self.vae_opt.step()
-        return float(l_rec.detach())
-
     def _vae_total_steps(self) -> int:
         # fixed steps, or estimated from the measured rate so the cosine schedule ends with the budget
         if self.cfg.vae_steps > 0:
@@ -327,41 +256,42 @@ class Pretrainer:
         rate = getattr(self, "_vae_rate", None)
         return int(self.vae_budget_s() / rate) if rate else 10_000
 
-    @torch.no_grad()
-    def vae_check(self, n: int = 64, seed: int = 777) -> dict[str, float]:
-        """Oracle on VAE reconstructions of held-out scenes: presence and all-correct (upper bounds)."""
-        from spatialt2i.gen.evaluate import heldout_scenes
-        from spatialt2i.world.oracle import judge
-        from spatialt2i.world.render import render
-
-        vae = self.pipe.vae.eval()
-        scenes, _ = heldout_scenes(n, seed=seed)
-        imgs = np.stack([np.asarray(render(s, self.cfg.image_size)) for s in scenes])
-        x = to_pixels(imgs)
-        rec = vae.decode(vae.encode(x).latent_dist.mode()).sample
-        out = ((rec.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
-        v = [judge(s, o) for s, o in zip(scenes, out)]
-        self.pipe.vae.train()
-        return {"presence": float(np.mean([x.presence for x in v])),
-                "all_correct": float(np.mean([x.all_correct for x in v])),
-                "mse": float((rec - x).pow(2).mean())}
-
-    @torch.no_grad()
-    def set_latent_scale(self, n: int = 256) -> tuple[float, float]:
-        """Set the VAE's shift/scaling factors from latent means of fresh scenes (unit-scale targets)."""
-        vae = self.pipe.vae.eval()
-        rng_state = self.stream.state()
-        zs = []
-        for _ in range(max(1, n // 64)):
-            _, imgs, _ = self.stream.batch(64)
-            zs.append(vae.encode(to_pixels(imgs)).latent_dist.mode())
-        self.stream.set_state(rng_state)
-        z = torch.cat(zs)
-        shift, std = float(z.mean()), float(z.std())
-        vae.register_to_config(shift_factor=shift, scaling_factor=1.0 / std)
-        return shift, 1.0 / std
+    # ------------------------------------------------------------ stage 0: text encoders
+    def _run_text_stage(self) -> None:
+        cfg = self.cfg
+        self._say(f"text stage: {cfg.text_steps} steps of the scene-parse objective, batch {cfg.text_batch}")
+        t_prev, losses, stats = time.monotonic(), [], []
+        last_ckpt = t_prev
+        while self.step < cfg.text_steps:
+            scenes, prompts = self.stream.scenes(cfg.text_batch)
+            loss, st = self.text_stage.step(scenes, prompts, lr_factor(self.step, cfg.text_steps, 50, 0.05))
+            losses.append(loss), stats.append(st)
+            self.step += 1
+            now = time.monotonic()
+            self.elapsed["text"] += now - t_prev
+            t_prev = now
+            if self.step % cfg.log_every == 0 or self.step == cfg.text_steps:
+                vals = {"loss": float(np.mean(losses)),
+                        **{k: float(np.mean([x[k] for x in stats if k in x])) for k in stats[-1]}}
+                self._metric("text", vals, self.step)
+                self._say(f"text step {self.step} " + " ".join(f"{k} {v:.3f}" for k, v in vals.items()))
+                losses, stats = [], []
+            if now - last_ckpt > cfg.checkpoint_minutes * 60:
+                self._save_state()
+                last_ckpt = t_prev = time.monotonic()
+        for mod in (self.pipe.text_encoder, self.pipe.text_encoder_2):
+            mod.eval()
 
     # ------------------------------------------------------------ stage 2: flow matching
+    def _fm_train_mode(self) -> None:
+        """Transformer in train mode; the text encoders too unless they are frozen (``text_lr`` 0)."""
+        p = self.pipe
+        p.transformer.train()
+        for mod in (p.text_encoder, p.text_encoder_2):
+            mod.train(self.cfg.text_lr > 0)
+            for q in mod.parameters():
+                q.requires_grad_(self.cfg.text_lr > 0)
+
     def _fm_step(self, gen) -> float:
         from spatialt2i.gen.flux import pack_latents
 
@@ -369,6 +299,9 @@ class Pretrainer:
         total = self._fm_total_steps()
         easy = self.step < cfg.data.curriculum * total
         scenes, imgs, prompts = self.stream.batch(cfg.batch, easy=easy)
+        if cfg.text_dropout > 0:
+            drop = torch.rand(len(prompts)) < cfg.text_dropout
+            prompts = ["" if d else q for d, q in zip(drop.tolist(), prompts)]
         with torch.no_grad():
             z = pipe.vae.encode(to_pixels(imgs)).latent_dist.mode()
             x0 = pack_latents((z - pipe.vae.config.shift_factor) * pipe.vae.config.scaling_factor)
@@ -378,10 +311,15 @@ class Pretrainer:
         noise = torch.randn_like(x0)
         xt = (1 - sigma[:, None, None]) * x0 + sigma[:, None, None] * noise
         guidance = torch.empty(b).uniform_(cfg.guidance_min, cfg.guidance_max)
-        embeds, pooled, _ = pipe.encode_prompt(prompt=prompts, prompt_2=None, device=torch.device("cpu"),
-                                               max_sequence_length=cfg.max_sequence_length)
+        with torch.set_grad_enabled(cfg.text_lr > 0):
+            embeds, pooled, _ = pipe.encode_prompt(prompt=prompts, prompt_2=None, device=torch.device("cpu"),
+                                                   max_sequence_length=cfg.max_sequence_length)
         v = gen.forward(xt, sigma, embeds, pooled, guidance)
-        loss = fm_loss = (v - (noise - x0)).pow(2).mean()
+        err = (v - (noise - x0)).pow(2)
+        if cfg.object_weight != 1.0:
+            w = 1.0 + (cfg.object_weight - 1.0) * object_tokens(scenes, cfg.image_size, 2 * pipe.vae_scale_factor)
+            err = err * (w / w.mean(1, keepdim=True))[:, :, None]
+        loss = fm_loss = err.mean()
         if cfg.grounding_weight > 0:
             from spatialt2i.gen.grounding import grounding_loss, grounding_targets
 
@@ -390,7 +328,7 @@ class Pretrainer:
             lg = torch.stack([grounding_loss(r.img_to_txt, tg) for r in self._recorders]).mean()
             self._ground_losses.append(float(lg.detach()))
             loss = loss + cfg.grounding_weight * lg
-        f = _lr_factor(self.step, max(1, total), cfg.warmup_steps, cfg.min_lr_ratio)
+        f = lr_factor(self.step, max(1, total), cfg.warmup_steps, cfg.min_lr_ratio)
         for g in self.fm_opt.param_groups:
             g["lr"] = g["base_lr"] * f
         self.fm_opt.zero_grad(set_to_none=True)
@@ -422,8 +360,7 @@ class Pretrainer:
             mod.eval()
         with self.ema_weights():
             res = evaluate_generator(self.generator(), n=n or self.cfg.eval_prompts, steps=self.cfg.eval_steps)
-        for mod in (p.transformer, p.text_encoder, p.text_encoder_2):
-            mod.train()
+        self._fm_train_mode()
         return res
 
     # ------------------------------------------------------------ run
@@ -431,13 +368,20 @@ class Pretrainer:
         cfg = self.cfg
         p = self.pipe
         last_ckpt = time.monotonic()
+        # ---- stage 0 (optional): the text encoders learn the world's language
+        if self.stage == "text":
+            self._run_text_stage()
+            self.stage, self.step = "vae", 0
+            self._save_state()
+            last_ckpt = time.monotonic()
         # ---- stage 1
         if self.stage == "vae":
             p.vae.train()
             self._say(f"VAE stage: {self.vae_budget_s() / 60:.1f} min, batch {cfg.vae_batch} crops of {cfg.vae_crop} px")
             t_prev, losses = time.monotonic(), []
             while self._vae_more():
-                losses.append(self._vae_step())
+                lr = cfg.vae_lr * lr_factor(self.step, max(1, self._vae_total_steps()), 50, 0.05)
+                losses.append(vae_step(p.vae, self.vae_opt, self.stream, cfg, lr))
                 self.step += 1
                 now = time.monotonic()
                 self.elapsed["vae"] += now - t_prev
@@ -451,10 +395,14 @@ class Pretrainer:
                 if now - last_ckpt > cfg.checkpoint_minutes * 60:
                     self._save_state()
                     last_ckpt, t_prev = time.monotonic(), time.monotonic()
-            shift, scale = self.set_latent_scale()
-            chk = self.vae_check()
+            if cfg.init_vae:  # trained elsewhere: keep its latent shift/scale
+                shift, scale = p.vae.config.shift_factor, p.vae.config.scaling_factor
+            else:
+                shift, scale = latent_scale(p.vae, self.stream)
+            chk = reconstruction_check(p.vae, cfg.image_size)
             self._metric("vae_check", chk, self.step)
-            self._say(f"VAE done after {self.step} steps: shift {shift:.3f} scale {scale:.3f}; oracle on "
+            self._say(f"VAE {'loaded from ' + cfg.init_vae if cfg.init_vae else f'done after {self.step} steps'}: "
+                      f"shift {shift:.3f} scale {scale:.3f}; oracle on "
                       f"reconstructions: presence {chk['presence']:.3f} all-correct {chk['all_correct']:.3f}")
             p.vae.eval()
             for q in p.vae.parameters():
@@ -466,8 +414,7 @@ class Pretrainer:
         p.vae.eval()
         for q in p.vae.parameters():
             q.requires_grad_(False)
-        for mod in (p.transformer, p.text_encoder, p.text_encoder_2):
-            mod.train()
+        self._fm_train_mode()
         gen = self.generator()
         if cfg.grounding_weight > 0:
             from spatialt2i.gen.grounding import install_recorders
@@ -511,7 +458,7 @@ class Pretrainer:
                 self._say(f"decoder step {st} loss {loss:.4f}")))
             p.vae.load_state_dict(sd)
             self.elapsed["decoder"] = time.monotonic() - t0
-            chk = self.vae_check()
+            chk = reconstruction_check(p.vae, cfg.image_size)
             self._metric("decoder_check", chk, cfg.decoder_steps)
             self._say(f"decoder done: oracle on reconstructions: presence {chk['presence']:.3f} "
                       f"all-correct {chk['all_correct']:.3f}")

@@ -28,6 +28,7 @@ class ModelConfig:
     """Sizes of the tiny Flux parts (defaults: the issue's benchmark transformer, a light VAE)."""
 
     vae_channels: list[int] = field(default_factory=lambda: [16, 24, 32])
+    latent_channels: int = 16       # the transformer's in_channels is 4x this (2x2 packing)
     num_layers: int = 2
     num_single_layers: int = 2
     heads: int = 4
@@ -39,6 +40,8 @@ class ModelConfig:
     def __post_init__(self) -> None:
         if len(self.vae_channels) < 1 or any(c % 8 for c in self.vae_channels):
             raise ConfigError(f"model.vae_channels: need >= 1 entries, each a multiple of 8, got {self.vae_channels}")
+        if self.latent_channels < 1:
+            raise ConfigError(f"model.latent_channels must be >= 1, got {self.latent_channels}")
 
 
 @dataclass
@@ -72,6 +75,12 @@ class PretrainConfig:
     vae_steps: int = 0              # > 0: fixed VAE steps (reproducible; the time budget is a cap)
     fm_steps: int = 0               # > 0: fixed flow-matching steps (ditto); the lr schedule spans them
     fm_stop: int = 0                # > 0: stop flow matching after this many steps (schedule unchanged)
+    # text stage (before the VAE; gen/text_pretrain.py): the text encoders learn to parse prompts
+    text_steps: int = 0             # > 0: this many steps of the scene-parse objective
+    text_batch: int = 64
+    text_stage_lr: float = 2e-3
+    text_where_weight: float = 10.0  # weight of the position/draw-order regression
+    init_vae: str | None = None     # a pipeline folder (its vae/) or a VAE folder: skip the VAE stage
     # VAE stage
     vae_batch: int = 32
     vae_crop: int = 32
@@ -86,7 +95,7 @@ class PretrainConfig:
     # flow-matching stage
     batch: int = 32
     lr: float = 1e-3
-    text_lr: float = 5e-4
+    text_lr: float = 5e-4            # 0: the text encoders stay frozen in flow matching
     warmup_steps: int = 100
     min_lr_ratio: float = 0.1
     grad_clip: float = 1.0
@@ -95,6 +104,8 @@ class PretrainConfig:
     guidance_min: float = 1.0
     guidance_max: float = 5.0
     grounding_weight: float = 0.0   # > 0: TokenCompose token loss on the double blocks (gen/grounding.py)
+    object_weight: float = 1.0      # > 1: image tokens covering an object weigh this much in the loss
+    text_dropout: float = 0.0       # share of empty prompts (an unconditional branch for true CFG)
     ema_decay: float = 0.0          # > 0: EMA of the transformer and text encoders (evaluated and saved)
     ema_warmup: bool = True         # decay ramps up as 1 - (1 + step)^-2/3 (diffusers' EMAModel warm-up)
     # bookkeeping

@@ -57,12 +57,18 @@ class SceneStream:
     def batch(self, n: int, easy: bool = False):
         """``(scenes, images uint8 (n, H, W, 3), prompts)``."""
         from spatialt2i.world.render import render
+
+        scenes, prompts = self.scenes(n, easy)
+        imgs = np.stack([np.asarray(render(s, self.cfg.image_size)) for s in scenes])
+        return scenes, imgs, prompts
+
+    def scenes(self, n: int, easy: bool = False):
+        """``(scenes, prompts)`` without rendering (the text stage needs no images)."""
         from spatialt2i.world.text import Style, describe
 
         scenes = [self._one(easy) for _ in range(n)]
-        imgs = np.stack([np.asarray(render(s, self.cfg.image_size)) for s in scenes])
         prompts = [describe(s, Style.draw(self.rng, len(s.relations))) for s in scenes]
-        return scenes, imgs, prompts
+        return scenes, prompts
 
     def state(self) -> dict:
         return self.rng.bit_generator.state

@@ -192,6 +192,7 @@ def build_tiny_flux_pipeline(
     pooled_dim: int = 32,
     guidance_embeds: bool = True,
     corpus: Iterable[str] | None = None,
+    latent_channels: int = LATENT_CHANNELS,
 ):
     """Build a random-init tiny ``FluxPipeline`` offline (and save it to ``out_dir`` if given).
 
@@ -199,6 +200,7 @@ def build_tiny_flux_pipeline(
     image tokens), transformer with 2 double + 2 single blocks of 4 heads x 32, joint dim 64,
     pooled dim 32, guidance embedding; CLIP hidden 32 and T5 d_model 64, 2 layers each.
     ``corpus``: extra sentences for tokenizer training, on top of the world corpus.
+    ``latent_channels``: the VAE's (FLUX.1-dev: 16); the transformer takes 4x as many (2x2 packing).
     The result reloads with ``FluxPipeline.from_pretrained(out_dir)``.
     """
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
@@ -231,11 +233,11 @@ def build_tiny_flux_pipeline(
         down_block_types=("DownEncoderBlock2D",) * vae_blocks,
         up_block_types=("UpDecoderBlock2D",) * vae_blocks,
         block_out_channels=(32,) * vae_blocks, layers_per_block=1,
-        latent_channels=LATENT_CHANNELS, norm_num_groups=8, sample_size=64,
+        latent_channels=latent_channels, norm_num_groups=8, sample_size=64,
         scaling_factor=0.3611, shift_factor=0.1159,  # FLUX.1-dev's; shift must not be None
         use_quant_conv=False, use_post_quant_conv=False).eval()
     transformer = FluxTransformer2DModel(
-        patch_size=1, in_channels=4 * LATENT_CHANNELS, num_layers=num_layers,
+        patch_size=1, in_channels=4 * latent_channels, num_layers=num_layers,
         num_single_layers=num_single_layers, attention_head_dim=head_dim,
         num_attention_heads=heads, joint_attention_dim=joint_dim,
         pooled_projection_dim=pooled_dim, guidance_embeds=guidance_embeds,
