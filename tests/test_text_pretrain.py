@@ -83,3 +83,30 @@ def test_text_stage_run_with_loaded_vae_and_frozen_text(tmp_path: Path) -> None:
     assert all(torch.equal(t5_1[k], v) for k, v in tr2.pipe.text_encoder_2.state_dict().items())
     with pytest.raises(ConfigError, match="init_vae"):
         Pretrainer(_cfg(init_vae=str(tmp_path / "nowhere")), tmp_path / "bad", progress=False)
+
+
+def test_object_tokens_mark_the_cells_an_object_covers() -> None:
+    from spatialt2i.gen.pretrain import object_tokens
+
+    # a small square centred at (0.25, 0.25) of a 64 px canvas: pixels ~11-21, i.e. cells 1-2 of
+    # 8 px in both directions (row-major over the 8 x 8 token grid)
+    s = Scene((Obj("square", "red", "small", 0.25, 0.25),))
+    m = object_tokens([s], 64, 8)
+    assert m.shape == (1, 64)
+    assert {int(i) for i in m[0].nonzero()} == {8 * r + c for r in (1, 2) for c in (1, 2)}
+
+
+def test_object_weight_changes_the_loss_and_text_dropout_empties_prompts(tmp_path: Path) -> None:
+    seen = []
+    losses = {}
+    for w in (1.0, 5.0):
+        tr = Pretrainer(_cfg(text_steps=0, object_weight=w, text_dropout=1.0, fm_steps=1), tmp_path / f"w{w}",
+                        progress=False)
+        orig = tr.pipe.encode_prompt
+        tr.pipe.encode_prompt = lambda prompt, **kw: (seen.extend(prompt), orig(prompt=prompt, **kw))[1]
+        tr.stage = "fm"
+        torch.manual_seed(0)
+        tr.stream = SceneStream(tr.cfg, 1)
+        losses[w] = tr._fm_step(tr.generator())
+    assert seen and all(p == "" for p in seen)
+    assert losses[1.0] != pytest.approx(losses[5.0], rel=1e-4)

@@ -53,6 +53,13 @@ def mention_spans(prompt: str, colour: str, shape: str) -> list[tuple[int, int]]
     return [m.span() for m in pat.finditer(prompt)]
 
 
+def mention_tokens(prompt: str, offsets: Sequence[tuple[int, int]], colour: str, shape: str) -> list[int]:
+    """Sorted indices of the tokens (``offsets``: the tokenizer's offset mapping of ``prompt``) that
+    overlap any "<colour> <shape>" mention; padding and special tokens (empty spans) never do."""
+    return sorted({t for a, z in mention_spans(prompt, colour, shape)
+                   for t, (s, e) in enumerate(offsets) if e > s and s < z and e > a})
+
+
 def grounding_targets(scenes: Sequence[Any], prompts: Sequence[str], tokenizer: Any, max_length: int,
                       image_size: int, cell: int) -> GroundingTargets:
     """Targets for a batch: each object's colour/shape word tokens (as the T5 encoder of the
@@ -70,12 +77,11 @@ def grounding_targets(scenes: Sequence[Any], prompts: Sequence[str], tokenizer: 
             mask = token_grid_mask(ids == i + 1, cell)
             if not mask.any():
                 continue
-            toks = [t for a, z in mention_spans(prompt, o.colour, o.shape)
-                    for t, (s, e) in enumerate(offsets) if e > s and s < z and e > a]
+            toks = mention_tokens(prompt, offsets, o.colour, o.shape)
             if not toks:
                 continue
             masks.append(mask)
-            for t in sorted(set(toks)):
+            for t in toks:
                 bs.append(b), ts.append(t), os_.append(len(masks) - 1)
     n_img = (image_size // cell) ** 2
     return GroundingTargets(torch.tensor(bs, dtype=torch.long), torch.tensor(ts, dtype=torch.long),

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from spatialt2i.gen.grounding import mention_spans
+from spatialt2i.gen.grounding import mention_tokens
 from spatialt2i.world.vocab import COLOURS, SHAPES, SIZES
 
 _COLOURS = {c: i for i, c in enumerate(COLOURS)}
@@ -67,9 +67,7 @@ def parse_targets(scenes: Sequence[Any], prompts: Sequence[str], tokenizer: Any,
         for i, o in enumerate(scene.objects):
             bag[b, _COLOURS[o.colour]] = 1.0
             bag[b, len(COLOURS) + _SHAPES[o.shape]] = 1.0
-            toks = {t for a, z in mention_spans(prompt, o.colour, o.shape)
-                    for t, (s, e) in enumerate(offsets) if e > s and s < z and e > a}
-            for t in sorted(toks):
+            for t in mention_tokens(prompt, offsets, o.colour, o.shape):
                 rows.append((b, t, _COLOURS[o.colour], _SHAPES[o.shape], _SIZES[o.size], o.x, o.y, rank[i]))
     cols = list(zip(*rows)) if rows else [()] * 8
     long = lambda c: torch.tensor(c, dtype=torch.long)  # noqa: E731
