@@ -3,7 +3,7 @@
 Held-out prompts: 2-4 objects, 1-3 relations (equal shares), from ``gen.evaluate.heldout_scenes``;
 one sample per prompt (ODE, 6 steps as the RL preset samples, unless --steps), judged by the world oracle.
 
-    python benchmarks/world_generator.py [--generator DIR] [--n 200] [--steps 8] [--threads 1] [--json]
+    python benchmarks/world_generator.py [--generator DIR] [--n 200] [--steps 8] [--threads 1] [--true-cfg 3] [--json]
 """
 
 from __future__ import annotations
@@ -23,6 +23,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=6)
     ap.add_argument("--max-sequence-length", type=int, default=128)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--true-cfg", type=float, default=1.0,
+                    help="true CFG scale (> 1: a second, empty-prompt branch; for generators trained with text_dropout)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
 
@@ -35,10 +37,11 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     path = args.generator or str(world_generator_path())
     t0 = time.perf_counter()
-    gen = FluxGenerator.from_pretrained(path, height=64, width=64, max_sequence_length=args.max_sequence_length)
+    gen = FluxGenerator.from_pretrained(path, height=64, width=64, max_sequence_length=args.max_sequence_length,
+                                      true_cfg_scale=args.true_cfg, negative_prompt="")
     load_s = time.perf_counter() - t0
     res = evaluate_generator(gen, n=args.n, steps=args.steps)
-    res.update(generator=str(path), load_seconds=load_s, threads=args.threads,
+    res.update(generator=str(path), load_seconds=load_s, threads=args.threads, true_cfg=args.true_cfg,
                seconds_per_image=res["seconds"] / res["n"])
     if args.json:
         print(json.dumps(res, indent=2))
