@@ -22,7 +22,7 @@ from spatialt2i.gen.flux import FluxGenerator  # noqa: E402
 from spatialt2i.gen.tiny import build_tiny_flux_pipeline  # noqa: E402
 from spatialt2i.rl.config import RLConfig, load_rl_config  # noqa: E402
 from spatialt2i.rl.rewards import HTTPScorer, MixScorer, OracleScorer, RedChannelScorer  # noqa: E402
-from spatialt2i.rl.trainer import Group, GRPOTrainer  # noqa: E402
+from spatialt2i.rl.trainer import GRPOTrainer  # noqa: E402
 
 torch.set_num_threads(1)
 
@@ -217,6 +217,49 @@ def test_merged_lora_linear_matches_peft_forward_and_gradients(tiny_dir: Path) -
     gen2 = FluxGenerator.from_pretrained(tiny_dir, height=64, width=64, max_sequence_length=32)
     add_lora(gen2.transformer, 4, 8, ["to_q"], dropout=0.1, seed=0)
     assert any(type(m) is LoraLinear for m in gen2.transformer.modules())
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs CUDA"))])
+def test_bf16_base_trains_an_fp32_adapter_through_peft(tiny_dir: Path, device: str) -> None:
+    """The CUDA setting (bf16 weights), also run on the CPU at tiny size: the adapter stays fp32 and
+    takes peft's low-rank path, the first update's ratio is 1, and the update moves the adapter."""
+    from peft.tuners.lora import Linear as LoraLinear
+
+    gen = FluxGenerator.from_pretrained(tiny_dir, torch_dtype=torch.bfloat16, device=device, height=64, width=64,
+                                        max_sequence_length=32)
+    tr = GRPOTrainer(tiny_config(**{"train.kl_coef": 0.01, "prompts_per_iteration": 1}), gen, RedChannelScorer())
+    try:
+        assert tr.params and all(p.dtype == torch.float32 for p in tr.params)
+        assert gen.transformer.dtype == torch.bfloat16
+        assert any(type(m) is LoraLinear for m in gen.transformer.modules())  # not folded into bf16
+        before = [p.detach().clone() for p in tr.params]
+        stats = tr.update(tr.rollout(0))
+        assert stats["ratio"] == pytest.approx(1.0, abs=1e-6)
+        assert all(torch.isfinite(p).all() for p in tr.params)
+        assert any((p - q).abs().max() > 0 for p, q in zip(tr.params, before))
+    finally:
+        tr.close()
+
+
+def test_gradient_checkpointing_gives_the_same_update(tiny_dir: Path) -> None:
+    grads = []
+    for ckpt in (False, True):
+        cfg = tiny_config(**{"train.gradient_checkpointing": ckpt, "train.reuse_rollout_graph": "off",
+                             "train.kl_coef": 0.01, "prompts_per_iteration": 1})
+        tr = make_trainer(tiny_dir, cfg)
+        try:
+            assert tr.gen.transformer.is_gradient_checkpointing == ckpt
+            groups = tr.rollout(0)
+            tr.optimizer.step = lambda *a, **k: None  # keep the gradients for the comparison
+            tr.optimizer.zero_grad = lambda *a, **k: None
+            tr.update(groups)
+            grads.append([p.grad.clone() for p in tr.params])
+        finally:
+            tr.close()
+    assert any(g.abs().max() > 0 for g in grads[0])
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-7)
 
 
 # ---------------------------------------------------------------- rewards

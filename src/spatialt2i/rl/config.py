@@ -76,6 +76,13 @@ class TrainSettings:
     # running those forward passes again: "auto" (small models, one update, most of the group kept),
     # "on" or "off" -- see rl.trainer.reuse_rollout_graph
     reuse_rollout_graph: str = "auto"
+    # recompute each transformer block in backward (diffusers' checkpointing): full-size models at
+    # 512 px need it to fit a micro-batch of all trained steps in GPU memory
+    gradient_checkpointing: bool = False
+    # cuDNN's fused attention on CUDA: off by default -- with torch 2.11 + CUDA 13 on an H200 its
+    # backward hit an illegal memory access in the flux-dev update, which flash/memory-efficient
+    # attention ran (benchmarks/fullscale_gpu.py --cudnn-attention reproduces the comparison)
+    cudnn_attention: bool = False
 
     def __post_init__(self) -> None:
         if self.reuse_rollout_graph not in ("auto", "on", "off"):

@@ -6,8 +6,8 @@
 :func:`load_lora_into` puts such a file back into a transformer that already has the adapter
 (resume), :func:`load_lora_pipeline` into a plain pipeline (benchmarks).
 
-Without LoRA dropout every adapted linear computes ``x @ (W + s * B @ A)^T + bias``: one matmul
-per layer instead of three plus a scale and an add. The merged weight is rebuilt on each call
+Without LoRA dropout, on fp32 CPU weights (:func:`fuse_lora`), every adapted linear computes
+``x @ (W + s * B @ A)^T + bias``: one matmul per layer instead of three plus a scale and an add. The merged weight is rebuilt on each call
 (a rank-r product, tiny next to the activations), so sampling under ``no_grad`` and training
 replay with gradients run the very same arithmetic and the gradients reach ``A`` and ``B``.
 """
@@ -56,12 +56,21 @@ def add_lora(transformer: torch.nn.Module, rank: int, alpha: float, targets: lis
         merged = _merged_lora_linear_class()
         for m in transformer.modules():
             if (type(m) is merged.__base__ and isinstance(m.base_layer, torch.nn.Linear)
-                    and not m.fan_in_fan_out and not m.lora_variant):
+                    and not m.fan_in_fan_out and not m.lora_variant and fuse_lora(m.base_layer.weight)):
                 m.__class__ = merged
     params = [p for n, p in transformer.named_parameters() if "lora_" in n]
     for p in params:
+        p.data = p.data.float()  # over a bf16/fp16 base the adapter still trains in fp32
         p.requires_grad_(True)
     return params
+
+
+def fuse_lora(weight: torch.Tensor) -> bool:
+    """Fold the adapter into the weight on each call (:func:`_merged_lora_linear_class`) only for fp32
+    weights on the CPU: there one matmul beats three small ones. On a GPU at full size peft's own
+    low-rank path is cheaper (the folded weight needs a full-size weight gradient in backward) and
+    keeps a bf16 base's small LoRA deltas out of bf16 rounding."""
+    return weight.dtype == torch.float32 and weight.device.type == "cpu"
 
 
 @functools.cache

@@ -174,6 +174,10 @@ class GRPOTrainer:
         self.eval_scorer = eval_scorer
         lc = cfg.lora
         self.params = add_lora(gen.transformer, lc.rank, lc.alpha, lc.targets, lc.dropout, seed=cfg.seed)
+        if cfg.train.gradient_checkpointing:
+            gen.transformer.enable_gradient_checkpointing()
+        if gen.device.type == "cuda" and not cfg.train.cudnn_attention:
+            torch.backends.cuda.enable_cudnn_sdp(False)  # see TrainSettings.cudnn_attention
         for m in (gen.pipe.text_encoder, gen.pipe.text_encoder_2, gen.vae):
             if m is not None:
                 m.requires_grad_(False)
@@ -235,7 +239,6 @@ class GRPOTrainer:
         if groups:
             batch = cat_trajectories([select(g.traj, k) for g, k in zip(groups, kept)])
             batch_adv = torch.cat([a[k] for a, k in zip(adv, kept)])
-        n_local = sum(len(k) for k in kept)
         n_steps = len(self.steps)
         # optimizer step u trains on the u-th slice of every group's kept samples, so the split does
         # not depend on how groups are spread over ranks; global rows per step for the loss scale
