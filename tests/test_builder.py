@@ -152,3 +152,59 @@ def test_killed_cli_build_resumes_identically(tmp_path):
     r = subprocess.run(cmd + ["--out", str(part), "--resume"] + args, check=True, capture_output=True, text=True)
     assert f"{n_before} already done" in r.stdout
     assert _table(part) == _table(ref)
+
+
+def _spawned_children(pid: int) -> list[int]:
+    """PIDs of ``pid``'s multiprocessing workers (read from /proc)."""
+    kids = []
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            cmd = (d / "cmdline").read_bytes()
+        except (OSError, IndexError, ValueError):
+            continue
+        if ppid == pid and b"spawn_main" in cmd:
+            kids.append(int(d.name))
+    return kids
+
+
+def _running(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="reads /proc")
+def test_sigterm_stops_the_workers_with_the_build(tmp_path):
+    """SIGTERM (a timeout, a cancelled job) ends the workers too: none runs on as an orphan while a
+    resumed build makes the same shards (each shard here takes far longer than the wait below)."""
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("shard_size: 20\ntest_fraction: 0.1\n")
+    cmd = [sys.executable, "-m", "spatialt2i.cli", "data", "build", "--out", str(tmp_path / "d"), "--pairs", "120",
+           "--size", "512", "--workers", "2", "--config", str(cfg), "--quiet"]
+    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    workers: list[int] = []
+    try:
+        deadline = time.time() + 120
+        while len(_spawned_children(p.pid)) < 2 and time.time() < deadline:
+            time.sleep(0.1)
+        workers = _spawned_children(p.pid)
+        assert len(workers) == 2
+        time.sleep(3)  # the workers are inside their first shard
+        assert not list((tmp_path / "d" / "data").glob("*.parquet"))
+        os.kill(p.pid, signal.SIGTERM)
+        assert p.wait(timeout=30) != 0
+        deadline = time.time() + 10
+        while any(_running(w) for w in workers) and time.time() < deadline:
+            time.sleep(0.1)
+        assert not [w for w in workers if _running(w)]
+    finally:
+        if p.poll() is None:
+            p.kill()
+        for w in workers:
+            if _running(w):
+                os.kill(w, signal.SIGKILL)
+

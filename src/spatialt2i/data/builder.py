@@ -8,9 +8,11 @@ uninterrupted one (every row's randomness depends only on the seed and the row's
 
 from __future__ import annotations
 
+import contextlib
 import json
 import multiprocessing as mp
 import shutil
+import signal
 import sys
 import threading
 import time
@@ -107,6 +109,25 @@ def _prepare(out: Path, meta: dict[str, Any], overwrite: bool, resume: bool) -> 
     manifest.write_text(json.dumps(meta, indent=2, sort_keys=True))
 
 
+@contextlib.contextmanager
+def exit_on_sigterm():
+    """Turn SIGTERM into ``SystemExit`` for the block, so that ``with Pool`` terminates its workers:
+    by default SIGTERM ends the parent at once and leaves busy workers running on as orphans,
+    racing a resumed build for the same shards. A no-op outside the main thread."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, frame):
+        raise SystemExit(128 + signum)
+
+    old = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
 def run_build(out: str | Path, tasks: list[ShardTask], make_rows: MakeRows, meta: dict[str, Any], *,
               workers: int = 1, overwrite: bool = False, resume: bool = False, distributed: bool = False,
               progress: bool = True) -> BuildReport:
@@ -134,7 +155,7 @@ def run_build(out: str | Path, tasks: list[ShardTask], make_rows: MakeRows, meta
         # before the others (the shards' contents do not depend on the order).
         jobs.sort(key=lambda job: -job[0].n_rows)
         preload = _preload_plotting() if writes_card else None
-        with mp.get_context("spawn").Pool(workers) as pool:
+        with exit_on_sigterm(), mp.get_context("spawn").Pool(workers) as pool:
             for task, n, _ in pool.imap_unordered(_run_task, jobs):
                 bar.update(n)
         if preload is not None:
