@@ -10,7 +10,9 @@
   every linear layer of the language model, batch 32 pairs = 64 images in micro-batches of 4, bf16,
   gradient checkpointing), trained for a few steps by ``spatialt2i reward train``'s own trainer on
   world pairs rendered at 512 px (``spatialt2i data build --size 512``), then loaded back with
-  ``SpatialScore.from_pretrained`` to score 24 images.
+  ``SpatialScore.from_pretrained`` to score 24 images. ``reward-parts`` splits a 24-image forward
+  (CPU preprocessing, vision tower, whole model); ``reward-step-parts`` times one micro-batch's
+  forward + backward with and without LoRA dropout and gradient checkpointing.
 
 The tokenizers are the world's (ids stay inside the public vocabularies); the token counts match the
 real models' (512 T5 tokens, 1024 image tokens; 324 visual tokens per 512 px image for Qwen2.5-VL).
@@ -256,9 +258,63 @@ def bench_reward(device: str, data: str, steps: int, work: Path) -> dict:
     return res
 
 
+def bench_reward_step_parts(device: str) -> dict:
+    """One micro-batch of the qwen7b preset (4 pairs = 8 images) forward + backward through the LoRA
+    backbone, with and without LoRA dropout and gradient checkpointing (where the step's time goes)."""
+    from peft import LoraConfig, get_peft_model
+    from PIL import Image
+
+    from spatialt2i.reward.backbone import encode, image_processor_class, load_tokenizer
+    from spatialt2i.reward.model import LoraSettings
+    from spatialt2i.reward.prompt import reward_text
+    from spatialt2i.reward.train_config import load_train_config
+
+    pre = load_train_config("qwen7b").lora
+    lora = LoraSettings(r=pre.r, alpha=pre.alpha, dropout=pre.dropout, targets=tuple(pre.targets))
+    model, src, proc = qwen7b(device)
+    model.requires_grad_(False)
+    vlm = get_peft_model(model, LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                                           target_modules=lora.target_regex(), bias="none")).get_base_model()
+    tok, ip = load_tokenizer(str(src)), image_processor_class().from_dict(proc)
+    imgs = [Image.new("RGB", (512, 512), (30 * i, 90, 200)) for i in range(8)]
+    enc = {k: v.to(device) for k, v in encode(tok, ip, [reward_text(tok, "a red circle left of a blue square")] * 8,
+                                             imgs).items()}
+    enc["pixel_values"] = enc["pixel_values"].to(torch.bfloat16)
+
+    def step() -> None:
+        h = vlm.model(**enc, use_cache=False).last_hidden_state
+        h[:, -1].float().pow(2).mean().backward()
+
+    res = {"lora_dropout": lora.dropout}
+    for ckpt in (True, False):
+        if ckpt:
+            vlm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            vlm.gradient_checkpointing_disable()
+        for drop in (lora.dropout, 0.0):
+            if drop == 0.0:
+                for m in vlm.modules():
+                    if hasattr(m, "lora_dropout") and "default" in m.lora_dropout:
+                        m.lora_dropout["default"] = torch.nn.Identity()
+            vlm.train()
+            ts = []
+            torch.cuda.reset_peak_memory_stats()
+            for _ in range(3):
+                t0 = sync()
+                step()
+                ts.append(sync() - t0)
+            key = f"ckpt_{'on' if ckpt else 'off'}_dropout_{drop}"
+            res[key] = {"s": round(statistics.median(ts[1:]), 3), "peak_gib": gib(torch.cuda.max_memory_allocated())}
+            print(f"[reward-step-parts] 8 images fwd+bwd, {key}: {res[key]}", flush=True)
+        for m in vlm.modules():  # dropout back on for the next checkpointing setting
+            if hasattr(m, "lora_dropout") and "default" in m.lora_dropout and lora.dropout > 0:
+                m.lora_dropout["default"] = torch.nn.Dropout(lora.dropout)
+    return res
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--parts", default="flux,reward", help="comma-separated: flux, reward, reward-parts")
+    ap.add_argument("--parts", default="flux,reward", help="comma-separated: flux, reward, reward-parts, reward-step-parts")
     ap.add_argument("--data", help="world pairs at 512 px (spatialt2i data build --size 512), for reward")
     ap.add_argument("--steps", type=int, default=3, help="reward-training steps to time")
     ap.add_argument("--no-ckpt-variant", action="store_true", help="skip the update without checkpointing")
@@ -281,11 +337,13 @@ def main() -> None:
                 out["flux"] = bench_flux(dev, not args.no_ckpt_variant, args.cudnn_attention)
             elif part == "reward-parts":
                 out[part] = bench_reward_parts(dev)
+            elif part == "reward-step-parts":
+                out[part] = bench_reward_step_parts(dev)
             elif part == "reward":
                 with tempfile.TemporaryDirectory() as d:
                     out["reward"] = bench_reward(dev, args.data, args.steps, Path(d))
             else:
-                raise SystemExit(f"--parts: unknown part {part!r} (flux, reward, reward-parts)")
+                raise SystemExit(f"--parts: unknown part {part!r} (flux, reward, reward-parts, reward-step-parts)")
         except Exception as e:  # noqa: BLE001 -- a benchmark reports and goes on
             traceback.print_exc()
             out[part] = f"failed: {type(e).__name__}: {e}"

@@ -9,7 +9,6 @@ import time
 from functools import partial
 from pathlib import Path
 
-import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
