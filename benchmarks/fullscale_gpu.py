@@ -78,6 +78,24 @@ def sync() -> float:
     return time.perf_counter()
 
 
+def timed(fn, repeats: int = 3) -> float:
+    """Median seconds of ``fn()`` over the repeats after the first (the warm-up)."""
+    ts = []
+    for _ in range(repeats):
+        t0 = sync()
+        fn()
+        ts.append(sync() - t0)
+    return round(statistics.median(ts[1:]), 3)
+
+
+def reward_inputs(n: int) -> tuple[list[str], list]:
+    """``n`` world-style prompts and 512 px images for the reward timings (contents do not matter)."""
+    from PIL import Image
+
+    prompt = "a red circle to the left of a blue square, and a green triangle above the circle"
+    return [prompt] * n, [Image.new("RGB", (512, 512), (40 * (i % 6), 90, 200)) for i in range(n)]
+
+
 def gib(n: int) -> float:
     return round(n / 2 ** 30, 1)
 
@@ -187,25 +205,14 @@ def qwen7b_folder(out: Path, device: str) -> float:
 
 def bench_reward_parts(device: str) -> dict:
     """Where one forward of 24 prompt/image pairs goes: preprocessing (CPU), vision tower, the rest."""
-    from PIL import Image
-
     from spatialt2i.reward.backbone import encode, image_processor_class, load_tokenizer
     from spatialt2i.reward.prompt import reward_text
 
     model, src, proc = qwen7b(device)
     model.eval()
     tok, ip = load_tokenizer(str(src)), image_processor_class().from_dict(proc)
-    imgs = [Image.new("RGB", (512, 512), (40 * (i % 6), 90, 200)) for i in range(24)]
-    texts = [reward_text(tok, "a red circle to the left of a blue square")] * 24
-
-    def timed(fn) -> float:
-        ts = []
-        for _ in range(3):
-            t0 = sync()
-            fn()
-            ts.append(sync() - t0)
-        return round(statistics.median(ts[1:]), 3)
-
+    prompts, imgs = reward_inputs(24)
+    texts = [reward_text(tok, p) for p in prompts]
     res = {"preprocess_s": timed(lambda: encode(tok, ip, texts, imgs))}
     enc = {k: v.to(device) for k, v in encode(tok, ip, texts, imgs).items()}
     enc["pixel_values"] = enc["pixel_values"].to(torch.bfloat16)
@@ -218,8 +225,6 @@ def bench_reward_parts(device: str) -> dict:
 
 
 def bench_reward(device: str, data: str, steps: int, work: Path) -> dict:
-    from PIL import Image
-
     from spatialt2i.reward.model import SpatialScore
     from spatialt2i.reward.train_config import load_train_config
     from spatialt2i.reward.trainer import train_reward
@@ -244,15 +249,9 @@ def bench_reward(device: str, data: str, steps: int, work: Path) -> dict:
     print(f"[reward] {steps} steps of {cfg.batch_size} pairs: {res['step_s']} s per step; "
           f"peak {res['train_peak_gib']} GiB; whole run {res['train_run_s']} s", flush=True)
     model = SpatialScore.from_pretrained(out / "model", device=device)
-    imgs = [Image.new("RGB", (512, 512), (40 * (i % 6), 90, 200)) for i in range(24)]
-    prompts = ["a red circle to the left of a blue square, and a green triangle above the circle"] * 24
+    prompts, imgs = reward_inputs(24)
     res["tokens_per_sample"] = int(model.encode(prompts[:1], imgs[:1])["input_ids"].shape[1])
-    times = []
-    for _ in range(3):
-        t0 = sync()
-        model.score(prompts, imgs, batch_size=24)
-        times.append(sync() - t0)
-    res["score_24_s"] = round(statistics.median(times[1:]), 3)
+    res["score_24_s"] = timed(lambda: model.score(prompts, imgs, batch_size=24))
     print(f"[reward] scoring one group of 24 images (512 px, {res['tokens_per_sample']} tokens each): "
           f"{res['score_24_s']} s", flush=True)
     return res
@@ -262,7 +261,6 @@ def bench_reward_step_parts(device: str) -> dict:
     """One micro-batch of the qwen7b preset (4 pairs = 8 images) forward + backward through the LoRA
     backbone, with and without LoRA dropout and gradient checkpointing (where the step's time goes)."""
     from peft import LoraConfig, get_peft_model
-    from PIL import Image
 
     from spatialt2i.reward.backbone import encode, image_processor_class, load_tokenizer
     from spatialt2i.reward.model import LoraSettings
@@ -273,42 +271,36 @@ def bench_reward_step_parts(device: str) -> dict:
     lora = LoraSettings(r=pre.r, alpha=pre.alpha, dropout=pre.dropout, targets=tuple(pre.targets))
     model, src, proc = qwen7b(device)
     model.requires_grad_(False)
+    # the adapter SpatialScore adds (its _build needs a saved backbone folder; this stays in memory)
     vlm = get_peft_model(model, LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
                                            target_modules=lora.target_regex(), bias="none")).get_base_model()
     tok, ip = load_tokenizer(str(src)), image_processor_class().from_dict(proc)
-    imgs = [Image.new("RGB", (512, 512), (30 * i, 90, 200)) for i in range(8)]
-    enc = {k: v.to(device) for k, v in encode(tok, ip, [reward_text(tok, "a red circle left of a blue square")] * 8,
-                                             imgs).items()}
+    prompts, imgs = reward_inputs(8)
+    enc = {k: v.to(device) for k, v in encode(tok, ip, [reward_text(tok, p) for p in prompts], imgs).items()}
     enc["pixel_values"] = enc["pixel_values"].to(torch.bfloat16)
+
+    def set_dropout(p: float) -> None:
+        for m in vlm.modules():
+            if hasattr(m, "lora_dropout") and "default" in m.lora_dropout:
+                m.lora_dropout["default"] = torch.nn.Dropout(p) if p > 0 else torch.nn.Identity()
 
     def step() -> None:
         h = vlm.model(**enc, use_cache=False).last_hidden_state
         h[:, -1].float().pow(2).mean().backward()
 
-    res = {"lora_dropout": lora.dropout}
+    vlm.train()
+    res: dict = {"lora_dropout": lora.dropout}
     for ckpt in (True, False):
         if ckpt:
             vlm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         else:
             vlm.gradient_checkpointing_disable()
         for drop in (lora.dropout, 0.0):
-            if drop == 0.0:
-                for m in vlm.modules():
-                    if hasattr(m, "lora_dropout") and "default" in m.lora_dropout:
-                        m.lora_dropout["default"] = torch.nn.Identity()
-            vlm.train()
-            ts = []
+            set_dropout(drop)
             torch.cuda.reset_peak_memory_stats()
-            for _ in range(3):
-                t0 = sync()
-                step()
-                ts.append(sync() - t0)
             key = f"ckpt_{'on' if ckpt else 'off'}_dropout_{drop}"
-            res[key] = {"s": round(statistics.median(ts[1:]), 3), "peak_gib": gib(torch.cuda.max_memory_allocated())}
+            res[key] = {"s": timed(step), "peak_gib": gib(torch.cuda.max_memory_allocated())}
             print(f"[reward-step-parts] 8 images fwd+bwd, {key}: {res[key]}", flush=True)
-        for m in vlm.modules():  # dropout back on for the next checkpointing setting
-            if hasattr(m, "lora_dropout") and "default" in m.lora_dropout and lora.dropout > 0:
-                m.lora_dropout["default"] = torch.nn.Dropout(lora.dropout)
     return res
 
 

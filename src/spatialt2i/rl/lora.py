@@ -7,9 +7,10 @@
 (resume), :func:`load_lora_pipeline` into a plain pipeline (benchmarks).
 
 Without LoRA dropout, on fp32 CPU weights (:func:`fuse_lora`), every adapted linear computes
-``x @ (W + s * B @ A)^T + bias``: one matmul per layer instead of three plus a scale and an add. The merged weight is rebuilt on each call
-(a rank-r product, tiny next to the activations), so sampling under ``no_grad`` and training
-replay with gradients run the very same arithmetic and the gradients reach ``A`` and ``B``.
+``x @ (W + s * B @ A)^T + bias``: one matmul per layer instead of three plus a scale and an add.
+The merged weight is rebuilt on each call (a rank-r product, tiny next to the activations), so
+sampling under ``no_grad`` and training replay with gradients run the very same arithmetic and the
+gradients reach ``A`` and ``B``.
 """
 
 from __future__ import annotations
