@@ -67,7 +67,8 @@ from torch import nn
 
 from . import posfeat
 from .attn_hints import default_layers, hint_losses
-from .pretrain_data import NCELL, N_MENTION, SIZE_NAMES, Batch, Sample, WorldSampler, answer_ids, collate
+from .pretrain_batch import Batch, answer_ids, collate
+from .pretrain_data import NCELL, N_MENTION, SIZE_NAMES, Sample, WorldSampler
 
 STATE_DIR = "_train"
 

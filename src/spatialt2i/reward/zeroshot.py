@@ -61,7 +61,7 @@ def load_pairs(root: str | os.PathLike, split: str = "test", n: int = 0) -> Pair
 
 
 def _yes_no_ids(tok: Any) -> tuple[int, int]:
-    from .pretrain_data import answer_ids
+    from .pretrain_batch import answer_ids
     return answer_ids(tok)
 
 
