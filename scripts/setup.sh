@@ -13,7 +13,7 @@ fi
 stamp=.venv/.spatialt2i-installed
 want=$(sha1sum pyproject.toml | cut -d' ' -f1)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ] || ! python -c "import spatialt2i" 2>/dev/null; then
-  pip install -q -e ".[test]"
+  pip install -q -e ".[test,bench]"
   echo "$want" > "$stamp"
 fi
 if python -c "import torchvision" 2>/dev/null; then

@@ -46,7 +46,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     serve(args.model, ServerSettings(max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, queue=args.queue,
                                      max_image_bytes=args.max_image_mb * 2 ** 20, max_side=args.max_side),
-          host=args.host, port=args.port, device=args.device)
+          host=args.host, port=args.port, device=args.device, access_log=args.access_log)
     return 0
 
 
@@ -91,6 +91,7 @@ def register(groups: dict) -> None:
     p.add_argument("--queue", type=int, default=256, help="queued images before answering 503")
     p.add_argument("--max-image-mb", type=int, default=16, help="largest accepted image (encoded)")
     p.add_argument("--max-side", type=int, default=4096, help="largest accepted image side in pixels")
+    p.add_argument("--access-log", action="store_true", help="log every request (off: it costs ~a request's parsing)")
     p.set_defaults(func=_serve)
 
 

@@ -4,7 +4,8 @@ API (FastAPI; the schema is at ``/openapi.json``, docs at ``/docs``)::
 
     POST /score   {"prompts": [str, ...], "images": [base64 PNG/JPEG, ...]}
                -> {"reward": [float], "mu": [float], "sigma": [float]}
-    GET  /health  -> {"status": "ok", "model": ..., "queued": n, "batches": n, "images": n, ...}
+    GET  /health  -> {"status": "ok", "model": ..., "queued": n, "batches": n, "images": n,
+                      "model_seconds": s, ...}  (seconds spent scoring: utilisation = its growth / wall time)
 
 Dynamic batching: every image of every request joins one queue. A single worker thread takes the
 first waiting image, waits up to ``max_wait_ms`` for more (skipped for a lone client: last batch of
@@ -142,6 +143,7 @@ class Batcher:
         self.batches = 0
         self.images = 0
         self.largest_batch = 0
+        self.model_seconds = 0.0  # wall time inside score_fn: busy share = its growth / elapsed time
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="reward-batcher", daemon=True)
         self._thread.start()
@@ -218,7 +220,9 @@ class Batcher:
             self.images += len(items)
             self.largest_batch = max(self.largest_batch, len(items))
             self.last_batch = len(items)
+            t0 = time.perf_counter()
             self._score(items)
+            self.model_seconds += time.perf_counter() - t0
 
     def close(self) -> None:
         self._q.put(None)
@@ -242,7 +246,8 @@ def build_app(model: Any, settings: ServerSettings | None = None, model_name: st
     def health() -> dict[str, Any]:
         return {"status": "ok", "model": model_name, "queued": batcher.pending, "queue": settings.queue,
                 "max_batch": settings.max_batch, "max_wait_ms": settings.max_wait_ms, "batches": batcher.batches,
-                "images": batcher.images, "largest_batch": batcher.largest_batch}
+                "images": batcher.images, "largest_batch": batcher.largest_batch,
+                "model_seconds": round(batcher.model_seconds, 3)}
 
     @app.post("/score", response_model=ScoreResponse,
               responses={400: {"model": ErrorBody}, 413: {"model": ErrorBody}, 503: {"model": ErrorBody}})
@@ -312,8 +317,11 @@ class RewardServer:
 
 
 def serve(model_path: str, settings: ServerSettings, host: str = "127.0.0.1", port: int = 8000,
-          device: str | None = None) -> None:
-    """Load the checkpoint once and serve until interrupted (``spatialt2i serve reward``)."""
+          device: str | None = None, access_log: bool = False) -> None:
+    """Load the checkpoint once and serve until interrupted (``spatialt2i serve reward``).
+
+    The per-request access log is off by default: formatting it costs about as much as parsing a small
+    request, and a reward server sees thousands per RL iteration."""
     import uvicorn
 
     model = load_model(model_path, device)
@@ -321,4 +329,4 @@ def serve(model_path: str, settings: ServerSettings, host: str = "127.0.0.1", po
              settings.max_batch, settings.max_wait_ms, settings.queue)
     print(f"SpatialScore {model_path} on http://{host}:{port}  (/score, /health, /docs)", flush=True)
     uvicorn.run(build_app(model, settings, model_name=str(model_path)), host=host, port=port, log_level="info",
-                backlog=2048)
+                access_log=access_log, backlog=2048)
