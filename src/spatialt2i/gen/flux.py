@@ -11,7 +11,8 @@ dynamic shift) plus a final 0, distilled guidance through the guidance embedding
 true CFG (``v = v_neg + scale * (v_pos - v_neg)``). With ``dynamics="ode"`` :meth:`sample`
 reproduces ``FluxPipeline(...)`` for the same seeds (one generator per seed), steps and guidance.
 The transformer pass is diffusers' own block by block, except that the last single block is
-computed for the image tokens only (the model discards its text tokens' outputs).
+computed for the image tokens only (the model discards its text tokens' outputs;
+:mod:`spatialt2i.gen.flux_forward`).
 
 Latents along the trajectory are kept in fp32 (the SDE math is fp32); the transformer runs in its
 own dtype (fp32 on CPU, bf16 on CUDA if loaded so). The latent layout (packing, ids, shift) is in
@@ -33,6 +34,7 @@ import numpy as np
 import torch
 
 from spatialt2i.errors import SpatialT2IError
+from spatialt2i.gen.flux_forward import transformer_velocity
 from spatialt2i.gen.latents import calculate_shift, image_ids, pack_latents, unpack_latents
 from spatialt2i.gen.trajectory import PromptEmbeds, Trajectory, _stack_with_grad
 from spatialt2i.rl.sde import sde_step
@@ -45,37 +47,6 @@ DEFAULT_MAX_SEQUENCE_LENGTH = 512
 
 class GeneratorLoadError(SpatialT2IError, ValueError):
     """A generator path or hub id is missing, unreachable, or not a Flux pipeline."""
-
-
-def _image_tokens_single_block(block: torch.nn.Module, hidden: torch.Tensor, enc: torch.Tensor,
-                               temb: torch.Tensor, rope: tuple[torch.Tensor, ...]) -> torch.Tensor:
-    """``block(hidden, enc, temb, rope)[1]`` of a ``FluxSingleTransformerBlock``, image tokens only.
-
-    Used for the last single block, whose text-token outputs the model discards: the text tokens
-    enter as keys and values only, so their queries, attention rows, MLP and output projection
-    (two thirds of the block at 128 text + 64 image tokens) are skipped. Same values as the full
-    block up to float rounding; blocks with a non-default attention processor run in full.
-    """
-    from diffusers.models.attention_dispatch import dispatch_attention_fn
-    from diffusers.models.embeddings import apply_rotary_emb
-    from diffusers.models.transformers.transformer_flux import FluxAttnProcessor
-
-    attn = block.attn
-    if type(attn.processor) is not FluxAttnProcessor:
-        return block(hidden_states=hidden, encoder_hidden_states=enc, temb=temb, image_rotary_emb=rope)[1]
-    n_txt = enc.shape[1]
-    norm, gate = block.norm(torch.cat([enc, hidden], dim=1), emb=temb)
-    img = norm[:, n_txt:]
-    q = attn.norm_q(attn.to_q(img).unflatten(-1, (-1, attn.head_dim)))
-    k = attn.norm_k(attn.to_k(norm).unflatten(-1, (-1, attn.head_dim)))
-    v = attn.to_v(norm).unflatten(-1, (-1, attn.head_dim))
-    q = apply_rotary_emb(q, tuple(r[n_txt:] for r in rope), sequence_dim=1)
-    k = apply_rotary_emb(k, rope, sequence_dim=1)
-    o = dispatch_attention_fn(q, k, v, backend=attn.processor._attention_backend,
-                              parallel_config=attn.processor._parallel_config)
-    o = o.flatten(2, 3).to(q.dtype)
-    out = hidden + gate.unsqueeze(1) * block.proj_out(torch.cat([o, block.act_mlp(block.proj_mlp(img))], dim=2))
-    return out.clip(-65504, 65504) if out.dtype == torch.float16 else out
 
 
 def _looks_like_hub_id(name: str) -> bool:
@@ -325,29 +296,12 @@ class FluxGenerator:
 
     def _transformer(self, x: torch.Tensor, t: torch.Tensor, g: torch.Tensor | None, pool: torch.Tensor,
                      enc: torch.Tensor, height: int | None, width: int | None) -> torch.Tensor:
-        """``FluxTransformer2DModel.forward`` (no ControlNet / IP-adapter inputs) with two savings.
-
-        The rotary embedding is cached per shape, and the last single block runs for the image
-        tokens only (:func:`_image_tokens_single_block`): the model drops its text tokens' outputs.
-        """
         tr = self.transformer
         if tr.gradient_checkpointing or not tr.single_transformer_blocks:
             return tr(hidden_states=x, timestep=t, guidance=g, pooled_projections=pool, encoder_hidden_states=enc,
                       txt_ids=self.txt_ids(enc.shape[1]), img_ids=self.img_ids(height, width),
                       return_dict=False)[0]
-        h = tr.x_embedder(x)
-        t = t.to(h.dtype) * 1000
-        temb = (tr.time_text_embed(t, pool) if g is None
-                else tr.time_text_embed(t, g.to(h.dtype) * 1000, pool))
-        e = tr.context_embedder(enc)
-        rope = self.rotary(enc.shape[1], height, width)
-        for block in tr.transformer_blocks:
-            e, h = block(hidden_states=h, encoder_hidden_states=e, temb=temb, image_rotary_emb=rope)
-        *first, last = tr.single_transformer_blocks
-        for block in first:
-            e, h = block(hidden_states=h, encoder_hidden_states=e, temb=temb, image_rotary_emb=rope)
-        h = _image_tokens_single_block(last, h, e, temb, rope)
-        return tr.proj_out(tr.norm_out(h, temb))
+        return transformer_velocity(tr, x, t, g, pool, enc, self.rotary(enc.shape[1], height, width))
 
     # ------------------------------------------------------------------ decoding
     @torch.no_grad()

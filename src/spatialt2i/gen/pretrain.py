@@ -47,6 +47,7 @@ from spatialt2i.gen.pretrain_config import (
 from spatialt2i.gen.scene_stream import SceneStream, to_pixels
 from spatialt2i.gen.schedule import lr_factor, shifted_sigmas
 from spatialt2i.gen.vae_stage import finetune_decoder, latent_scale, load_vae, reconstruction_check, vae_step
+from spatialt2i.metrics_log import MetricsLog
 
 __all__ = ["DEFAULT_MAX_SEQUENCE_LENGTH", "SHIPPED_GENERATOR", "DataConfig", "ModelConfig", "PretrainConfig",
            "Pretrainer", "SceneStream", "build_pipeline", "load_config", "pretrain", "to_pixels",
@@ -143,8 +144,7 @@ class Pretrainer:
         elif (self.out / "model_index.json").exists() and not resume:
             pass  # a finished pipeline there gets overwritten at the end
         (self.out / "pretrain_config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
-        self._tb = None
-        self._log = open(self.out / "metrics.jsonl", "a")
+        self._metrics = MetricsLog(self.out, tb_dir="logs")
 
     def _fm_params(self) -> list[torch.nn.Parameter]:
         p = self.pipe
@@ -212,17 +212,9 @@ class Pretrainer:
     def _metric(self, tag: str, values: dict[str, float], step: int) -> None:
         rec = {"stage": tag, "step": step, "time_min": round(sum(self.elapsed.values()) / 60, 3), **values}
         self.history.append(rec)
-        self._log.write(json.dumps(rec) + "\n")
-        self._log.flush()
-        try:
-            if self._tb is None:
-                from torch.utils.tensorboard import SummaryWriter
-                self._tb = SummaryWriter(str(self.out / "logs"))
-            gstep = step if tag.startswith("vae") else step + 1_000_000
-            for k, v in values.items():
-                self._tb.add_scalar(f"{tag}/{k}", v, gstep)
-        except Exception:  # tensorboard missing: the JSON-lines log still has everything
-            self._tb = False
+        self._metrics.append("metrics.jsonl", rec)
+        gstep = step if tag.startswith("vae") else step + 1_000_000
+        self._metrics.scalars(gstep, {f"{tag}/{k}": v for k, v in values.items()})
 
     # ------------------------------------------------------------ stage 1: VAE
     def vae_budget_s(self) -> float:
@@ -467,9 +459,7 @@ class Pretrainer:
         self._metric("final", {k: v for k, v in res.items() if isinstance(v, float)}, self.step)
         self._say(f"done: {self.step} flow-matching steps; presence {res['presence']:.3f} "
                   f"all-correct {res['all_correct']:.3f}; saved to {self.out}")
-        if self._tb:
-            self._tb.close()
-        self._log.close()
+        self._metrics.close()
         return {"steps": self.step, "minutes": sum(self.elapsed.values()) / 60, **res}
 
     def save(self, out: str | Path, dtype: torch.dtype = torch.float32) -> None:

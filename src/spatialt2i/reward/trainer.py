@@ -50,6 +50,7 @@ from PIL import Image
 
 from ..data.schema import check_dataset, shard_files
 from ..errors import ConfigError, DatasetError
+from ..metrics_log import MetricsLog
 from .collate import NEEDED, collate_pairs
 from .losses import gaussian_bt_loss, pairwise_correct
 from .train_config import RewardTrainConfig
@@ -360,7 +361,7 @@ class RewardTrainer:
         elif self.resume and acc.is_main_process:
             log.warning("--resume: no checkpoint in %s; starting from step 0", self._ckpt_dir())
 
-        writer = _Metrics(self.out, acc.is_main_process)
+        writer = MetricsLog(self.out, active=acc.is_main_process)
         skipped: dict[str, str] = {}
 
         def on_skip(rid: str, reason: str) -> None:
@@ -397,9 +398,9 @@ class RewardTrainer:
             dt = time.monotonic() - t0
             loss, acc_b = float(tot[0] / max(tot[1], 1)), float(tot[2] / max(tot[1], 1))
             if acc.is_main_process and (step % max(1, cfg.log_every) == 0 or step == total):
-                writer.log(step, {"train/loss": loss, "train/acc": acc_b, "train/lr": sched.get_last_lr()[0],
-                                  "train/pairs_per_s": float(tot[1]) / max(dt, 1e-9),
-                                  "train/skipped_rows": float(len(skipped))})
+                _write(writer, step, {"train/loss": loss, "train/acc": acc_b, "train/lr": sched.get_last_lr()[0],
+                                      "train/pairs_per_s": float(tot[1]) / max(dt, 1e-9),
+                                      "train/skipped_rows": float(len(skipped))})
             bar.update(1)
             bar.set_postfix(loss=f"{loss:.3f}", acc=f"{acc_b:.2f}")
             out_of_time = cfg.max_minutes > 0 and (time.monotonic() - t_start) > cfg.max_minutes * 60
@@ -410,7 +411,7 @@ class RewardTrainer:
             if cfg.eval_every and step % cfg.eval_every == 0 and not done:
                 last_eval = self.evaluate(acc, model, evalt, cfg.eval_pairs)
                 if acc.is_main_process and last_eval:
-                    writer.log(step, {f"eval/{k}": v for k, v in last_eval.items()})
+                    _write(writer, step, {f"eval/{k}": v for k, v in last_eval.items()})
             if (cfg.save_every and step % cfg.save_every == 0) or done:
                 self._save_checkpoint(acc, model, opt, sched, step, {
                     "elapsed": time.monotonic() - t_start, "pairs_seen": pairs_seen})
@@ -425,7 +426,7 @@ class RewardTrainer:
         self._save_model(acc, model)
         if acc.is_main_process:
             if final_eval:
-                writer.log(step, {f"eval_final/{k}": v for k, v in final_eval.items()})
+                _write(writer, step, {f"eval_final/{k}": v for k, v in final_eval.items()})
             with open(self.out / "skipped.jsonl", "w") as f:
                 for rid, reason in sorted(all_skipped.items()):
                     f.write(json.dumps({"id": rid, "reason": reason}) + "\n")
@@ -479,34 +480,9 @@ def _gather_skips(acc: Any, skipped: dict[str, str]) -> dict[str, str]:
     return merged
 
 
-class _Metrics:
-    """TensorBoard scalars + ``metrics.jsonl`` (main process only)."""
-
-    def __init__(self, out: Path, active: bool) -> None:
-        self.active = active
-        self.tb = None
-        if active:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-                self.tb = SummaryWriter(str(out / "tb"))
-            except ImportError:  # tensorboard not installed: JSON lines only
-                log.warning("tensorboard is not installed; metrics go to metrics.jsonl only")
-            self.file = open(out / "metrics.jsonl", "a")
-
-    def log(self, step: int, scalars: dict[str, float]) -> None:
-        if not self.active:
-            return
-        for k, v in scalars.items():
-            if self.tb is not None:
-                self.tb.add_scalar(k, v, step)
-        self.file.write(json.dumps({"step": step, **scalars}) + "\n")
-        self.file.flush()
-
-    def close(self) -> None:
-        if self.active:
-            if self.tb is not None:
-                self.tb.close()
-            self.file.close()
+def _write(metrics: MetricsLog, step: int, scalars: dict[str, float]) -> None:
+    metrics.scalars(step, scalars)
+    metrics.append("metrics.jsonl", {"step": step, **scalars})
 
 
 def _progress(total: int, start: int, active: bool) -> Any:

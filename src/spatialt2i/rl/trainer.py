@@ -42,6 +42,7 @@ import torch.distributed as dist
 
 from spatialt2i.errors import ConfigError
 from spatialt2i.gen.flux import FluxGenerator, PromptEmbeds, Trajectory
+from spatialt2i.metrics_log import MetricsLog
 from spatialt2i.rl.advantages import compute_advantages, gaussian_kl_same_std, grpo_clipped_loss, zero_std_groups
 from spatialt2i.rl.config import RLConfig
 from spatialt2i.rl.lora import adapter_disabled, add_lora, lora_state_dict, load_lora_into, save_lora
@@ -414,13 +415,11 @@ class GRPOTrainer:
         """Run until ``cfg.iterations`` (or ``max_iterations`` more, or ``max_minutes``) are done."""
         if resume and self.load_checkpoint():
             log.info("resumed at iteration %d", self.iteration)
-        writer = None
-        if self.out is not None and self.rank == 0:
+        main = self.out is not None and self.rank == 0
+        if main:
             self.out.mkdir(parents=True, exist_ok=True)
             (self.out / "config.json").write_text(json.dumps(asdict(self.cfg), indent=2) + "\n")
-            from torch.utils.tensorboard import SummaryWriter
-
-            writer = SummaryWriter(str(self.out / "tb"), purge_step=self.iteration)
+        writer = MetricsLog(self.out, active=main, purge_step=self.iteration)
         stop_at = self.cfg.iterations if max_iterations is None else min(self.cfg.iterations,
                                                                          self.iteration + max_iterations)
         t0 = time.monotonic()
@@ -444,14 +443,11 @@ class GRPOTrainer:
                     ev = self.evaluate()
                     if ev is not None:
                         stats.update({f"eval/{k}": v for k, v in ev.items() if isinstance(v, float)})
-                        self._log_eval(ev, None)
+                        self._log_eval(ev, writer, tensorboard=False)  # its scalars go with the stats
                 self.history.append(stats)
-                if writer is not None:
-                    for k, v in stats.items():
-                        if isinstance(v, (int, float)) and k != "iteration":
-                            writer.add_scalar(k if "/" in k else f"train/{k}", v, self.iteration)
-                    with open(self.out / "metrics.jsonl", "a") as f:
-                        f.write(json.dumps(stats) + "\n")
+                writer.scalars(self.iteration, {k if "/" in k else f"train/{k}": v for k, v in stats.items()
+                                                if k != "iteration"})
+                writer.append("metrics.jsonl", stats)
                 if bar is not None:
                     bar.update(1)
                     bar.set_postfix(reward=f"{stats['reward_mean']:.3f}", clip=f"{stats['clip_frac']:.2f}",
@@ -469,23 +465,18 @@ class GRPOTrainer:
         finally:
             if bar is not None:
                 bar.close()
-            if writer is not None:
-                writer.close()
+            writer.close()
         self.save_final()
         return self.history
 
-    def _log_eval(self, ev: dict[str, Any] | None, writer: Any) -> None:
-        """Write an eval result (iteration ``self.iteration``) to TensorBoard and eval.jsonl."""
+    def _log_eval(self, ev: dict[str, Any] | None, writer: MetricsLog, tensorboard: bool = True) -> None:
+        """Write an eval result (iteration ``self.iteration``) to eval.jsonl and TensorBoard."""
         if ev is None:
             return
         ev = {"iteration": self.iteration, **ev}
-        if writer is not None:
-            for k, v in ev.items():
-                if isinstance(v, float):
-                    writer.add_scalar(f"eval/{k}", v, self.iteration)
-        if self.out is not None and self.rank == 0:
-            with open(self.out / "eval.jsonl", "a") as f:
-                f.write(json.dumps(ev) + "\n")
+        if tensorboard:
+            writer.scalars(self.iteration, {f"eval/{k}": v for k, v in ev.items() if isinstance(v, float)})
+        writer.append("eval.jsonl", ev)
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
