@@ -198,3 +198,19 @@ def test_shipped_backbone_loads_with_its_position_part(size):
     s = Scene((Obj("circle", "red", "medium", 0.25, 0.5), Obj("square", "blue", "medium", 0.75, 0.5)))
     sc = yesno_scores(model, tok, ip, ["the red circle is to the left of the blue square"] * 2, [render(s, 64)] * 2)
     assert sc.shape == (2,) and torch.isfinite(sc).all() and float(sc[0]) == float(sc[1])
+
+
+def test_finetune_probe_trains_and_reports_a_curve(tmp_path):
+    """reward/probe.py: a short BT fine-tune from a backbone folder gives a curve of test accuracies."""
+    from spatialt2i.reward.probe import finetune_probe
+    from spatialt2i.reward.tiny import init_tiny
+    from spatialt2i.testing.pairs import make_pair_dataset
+
+    data = tmp_path / "pairs"
+    make_pair_dataset(data, n_train=8, n_test=4)
+    lines: list[str] = []
+    curve = finetune_probe(init_tiny(tmp_path / "m", "small", seed=0), data, minutes=0.02, batch_pairs=4,
+                           eval_every=10, log=lines.append)
+    assert curve[0]["step"] == 0 and curve[-1]["step"] >= 1 and len(curve) == 2
+    assert all(0 <= c["acc"] <= 1 and c["n"] == 4 for c in curve) and "loss" in curve[-1]
+    assert lines and lines[0].startswith("finetune ")
