@@ -75,6 +75,7 @@ def test_concurrent_requests_are_batched_and_each_gets_its_own_score() -> None:
     assert sum(model.batches) == 24 and health["images"] == 24
     assert health["largest_batch"] > 1 and len(model.batches) < 24   # requests shared model calls
     assert max(model.batches) <= 8
+    assert health["model_seconds"] >= 0.05 * len(model.batches)        # each model call sleeps 50 ms
 
 
 def test_bad_inputs_get_4xx_naming_the_field_and_serving_goes_on() -> None:
