@@ -359,6 +359,11 @@ def test_oracle_scorer_and_mix() -> None:
     torch.testing.assert_close(m["reward"], 2.0 * out["reward"] + m["red/reward"])
     with pytest.raises(ValueError, match="metadata\\[0\\] has no 'scene'"):
         OracleScorer().score([p.text], [good], [{}])
+    dense = OracleScorer(presence_weight=0.5).score([p.text] * 2, [good, blank], [p.metadata] * 2)
+    torch.testing.assert_close(dense["reward"], out["reward"] + 0.5 * out["presence"])
+    assert dense["reward"].tolist() == [1.5, 0.0]
+    with pytest.raises(ConfigError, match="presence_weight"):
+        load_rl_config("world", {"reward.presence_weight": -1})
 
 
 # ---------------------------------------------------------------- config and CLI errors

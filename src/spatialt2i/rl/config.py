@@ -112,6 +112,7 @@ class RewardSettings:
     backoff: float = 1.0
     batch_size: int = 0
     weights: dict[str, float] = field(default_factory=dict)   # kind mix: {component kind: weight}
+    presence_weight: float = 0.0  # oracle: reward = relation share + this x object presence
 
     def __post_init__(self) -> None:
         kinds = ("oracle", "spatialscore", "http", "red", "mix")
@@ -124,6 +125,8 @@ class RewardSettings:
             raise ConfigError(f"reward.weights: unknown component(s) {sorted(bad)}")
         if self.retries < 0:
             raise ConfigError(f"reward.retries must be >= 0, got {self.retries}")
+        if self.presence_weight < 0:
+            raise ConfigError(f"reward.presence_weight must be >= 0, got {self.presence_weight}")
 
 
 @dataclass

@@ -56,7 +56,14 @@ def _check_batch(prompts: Sequence[str], images: Sequence[Any], metadata: Sequen
 
 
 class OracleScorer:
-    """The world oracle: reward = share of the prompt's relations that hold in the image."""
+    """The world oracle: reward = share of the prompt's relations that hold in the image, plus
+    ``presence_weight`` x the share of its objects that are drawn (a denser signal for a generator
+    that often leaves objects out: a relation with a missing object simply fails)."""
+
+    def __init__(self, presence_weight: float = 0.0) -> None:
+        if presence_weight < 0:
+            raise ConfigError(f"oracle reward: presence_weight must be >= 0, got {presence_weight}")
+        self.presence_weight = float(presence_weight)
 
     def score(self, prompts: Sequence[str], images: Sequence[Image.Image],
               metadata: Sequence[dict[str, Any]]) -> Scores:
@@ -70,7 +77,8 @@ class OracleScorer:
                 raise ValueError(f"oracle reward: metadata[{i}] has no 'scene' (world prompts carry one)")
             verdicts.append(judge(Scene.from_json(meta["scene"], f"metadata[{i}].scene"), img))
         return {
-            "reward": torch.tensor([v.score for v in verdicts], dtype=torch.float32),
+            "reward": torch.tensor([v.score + self.presence_weight * v.presence for v in verdicts],
+                                   dtype=torch.float32),
             "all_correct": torch.tensor([float(v.all_correct) for v in verdicts]),
             "presence": torch.tensor([v.presence for v in verdicts], dtype=torch.float32),
         }
@@ -200,7 +208,7 @@ def build_scorer(cfg: Any, device: str | torch.device = "cpu") -> Scorer:
 
     def one(kind: str) -> Scorer:
         if kind == "oracle":
-            return OracleScorer()
+            return OracleScorer(cfg.presence_weight)
         if kind == "red":
             return RedChannelScorer()
         if kind == "spatialscore":
