@@ -78,6 +78,18 @@ def test_concurrent_requests_are_batched_and_each_gets_its_own_score() -> None:
     assert health["model_seconds"] >= 0.05 * len(model.batches)        # each model call sleeps 50 ms
 
 
+def test_a_lone_client_does_not_wait_for_a_batch_to_fill() -> None:
+    """With no other request queued or arriving, a request is scored at once, not after max_wait_ms."""
+    with RewardServer(FakeModel(), ServerSettings(max_batch=8, max_wait_ms=3000)) as server:
+        with httpx.Client(timeout=60) as http:
+            t0 = time.monotonic()
+            for i in range(4):
+                r = http.post(server.url + "/score", json={"prompts": ["p"], "images": [encode_image(img(i))]})
+                assert r.status_code == 200, r.text
+            waited = time.monotonic() - t0
+    assert waited < 3.0, f"4 lone requests took {waited:.1f} s: each waited for company"  # 12 s if they had
+
+
 def test_bad_inputs_get_4xx_naming_the_field_and_serving_goes_on() -> None:
     settings = ServerSettings(max_batch=4, max_wait_ms=1, queue=16, max_side=128, max_image_bytes=20_000)
     noise = Image.fromarray(np.random.default_rng(0).integers(0, 256, (120, 120, 3), dtype=np.uint8))

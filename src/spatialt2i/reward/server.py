@@ -152,9 +152,14 @@ class Batcher:
     def pending(self) -> int:
         return self._pending
 
-    def submit(self, prompts: list[str], images: list[Image.Image]) -> list[Future]:
-        """Futures of ``{"mu", "sigma"}`` per item; ``QueueFull`` if they do not fit in the queue."""
+    def submit(self, prompts: list[str], images: list[Image.Image], arrived: bool = False) -> list[Future]:
+        """Futures of ``{"mu", "sigma"}`` per item; ``QueueFull`` if they do not fit in the queue.
+
+        ``arrived``: this request was counted by :meth:`arriving`; the count drops under the same lock
+        that queues its items, so the batcher never sees the items and the request as still arriving."""
         with self._lock:
+            if arrived:
+                self._arriving -= 1
             if self._pending + len(prompts) > self.settings.queue:
                 raise QueueFull(f"queue full ({self._pending} of {self.settings.queue} images waiting)")
             self._pending += len(prompts)
@@ -256,13 +261,15 @@ def build_app(model: Any, settings: ServerSettings | None = None, model_name: st
         try:
             # decoding large images off the event loop keeps other requests flowing
             prompts, images = await asyncio.to_thread(validate_request, req.prompts, req.images, settings)
-            futs = batcher.submit(prompts, images)
-        except InputError as e:
-            return JSONResponse({"field": e.field, "error": e.message}, status_code=e.status)
+        except BaseException as e:
+            batcher.arriving(-1)
+            if isinstance(e, InputError):
+                return JSONResponse({"field": e.field, "error": e.message}, status_code=e.status)
+            raise
+        try:
+            futs = batcher.submit(prompts, images, arrived=True)
         except QueueFull as e:
             return JSONResponse({"field": "queue", "error": str(e)}, status_code=503, headers={"Retry-After": "1"})
-        finally:
-            batcher.arriving(-1)
         try:
             res = await asyncio.gather(*(asyncio.wrap_future(f) for f in futs))
         except Exception as e:
