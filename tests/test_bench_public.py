@@ -15,7 +15,8 @@ from typing import Any
 import pytest
 import torch
 
-from spatialt2i.bench.judges_public import ChatJudge, VLMDetector
+from spatialt2i.bench.geneval import VLMDetector
+from spatialt2i.bench.judges_public import ChatJudge
 from spatialt2i.bench.public import run_suite
 from spatialt2i.bench.suites import load_suite
 from spatialt2i.data.llm import ChatClient, LLMConfig

@@ -11,8 +11,9 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-from spatialt2i.bench.judges_public import (Box, MalformedAnswer, QwenJudge, WorldDetector, geneval_relation,
-                                            geneval_verdict, parse_boxes, parse_yes_no)
+from spatialt2i.bench.geneval import Box, WorldDetector, geneval_relation, geneval_verdict, parse_boxes
+from spatialt2i.bench.judges_public import QwenJudge, parse_yes_no
+from spatialt2i.errors import MalformedAnswer
 
 torch.set_num_threads(1)
 INCLUDE = [{"class": "cup", "count": 1}, {"class": "dog", "count": 1, "position": ["right of", 0]}]

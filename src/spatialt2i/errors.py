@@ -23,3 +23,11 @@ class DatasetError(SpatialT2IError):
 
 class EndpointError(SpatialT2IError):
     """A remote endpoint (LLM, judge, reward server) is unreachable or answered badly."""
+
+
+class MalformedAnswer(ValueError):
+    """A judge's answer that does not follow its protocol; ``reason`` says how (the judge is asked again)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason

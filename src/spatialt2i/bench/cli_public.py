@@ -16,7 +16,8 @@ def cmd_suites(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .judges_public import make_detector, make_judge
+    from .geneval import make_detector
+    from .judges_public import make_judge
     from .public import run_suite
     from .suites import load_suite
 

@@ -25,7 +25,8 @@ from typing import Any
 from PIL import Image
 
 from ..errors import ConfigError
-from .judges_public import Detector, score_item
+from .geneval import Detector
+from .judges_public import score_item
 from .suites import BenchItem, Suite, load_suite
 from .tables import build_table, format_markdown, write_table
 
