@@ -2,6 +2,8 @@
 
 Held-out prompts: 2-4 objects, 1-3 relations (equal shares), from ``gen.evaluate.heldout_scenes``;
 one sample per prompt (ODE, 6 steps as the RL preset samples, unless --steps), judged by the world oracle.
+Also prints chance: the same prompts' objects drawn at random places (``gen.evaluate.random_placement``),
+to compare with the accuracy of the relations whose objects the generator did draw.
 
     python benchmarks/world_generator.py [--generator DIR] [--n 200] [--steps 8] [--threads 1] [--true-cfg 3] [--json]
 """
@@ -30,7 +32,7 @@ def main() -> None:
 
     import torch
 
-    from spatialt2i.gen.evaluate import evaluate_generator, format_report
+    from spatialt2i.gen.evaluate import evaluate_generator, format_report, heldout_scenes, random_placement
     from spatialt2i.gen.flux import FluxGenerator
     from spatialt2i.gen.pretrain import world_generator_path
 
@@ -41,6 +43,8 @@ def main() -> None:
                                       true_cfg_scale=args.true_cfg, negative_prompt="")
     load_s = time.perf_counter() - t0
     res = evaluate_generator(gen, n=args.n, steps=args.steps)
+    chance = random_placement(heldout_scenes(args.n)[0])
+    res["random_placement"] = {k: chance[k] for k in ("relation_accuracy", "all_correct", "per_relation")}
     res.update(generator=str(path), load_seconds=load_s, threads=args.threads, true_cfg=args.true_cfg,
                seconds_per_image=res["seconds"] / res["n"])
     if args.json:
@@ -48,6 +52,8 @@ def main() -> None:
     else:
         print(f"generator: {path}")
         print(format_report(res))
+        print(f"chance: the right objects at random places (layout solver, no relations): relation accuracy "
+              f"{chance['relation_accuracy']:.3f}, all-correct {chance['all_correct']:.3f}")
         print(f"load {load_s:.1f} s; {res['seconds_per_image'] * 1000:.0f} ms per image "
               f"({args.threads} thread(s), sampling + oracle)")
 

@@ -103,6 +103,35 @@ def test_heldout_prompts_are_fixed_and_in_range() -> None:
     assert sorted({len(s.relations) for s in s1}) == [1, 2, 3]
 
 
+def test_summary_separates_drawing_from_placing() -> None:
+    """relation_accuracy_drawn counts only relations whose objects were all found."""
+    from spatialt2i.gen.evaluate import summarize
+    from spatialt2i.world.oracle import Verdict
+    from spatialt2i.world.scene import Obj, Relation, Scene
+
+    objs = tuple(Obj("circle", c) for c in ("red", "blue", "green"))
+    scene = Scene(objs, (Relation("left_of", (0, 1)), Relation("above", (1, 2))))
+    verdicts = [Verdict([True, False], [True, True, False]),    # 1st relation drawn and right; 2nd lacks green
+                Verdict([False, False], [True, True, True]),    # both drawn, both wrong
+                Verdict([False, False], [False, False, False])]  # nothing drawn
+    r = summarize([scene] * 3, verdicts)
+    assert r["relation_accuracy"] == pytest.approx(1 / 6) and r["relations_drawn"] == 3
+    assert r["relation_accuracy_drawn"] == pytest.approx(1 / 3)
+    assert summarize([scene], verdicts[2:])["relation_accuracy_drawn"] is None
+
+
+def test_random_placement_draws_every_object_and_ignores_positions() -> None:
+    from spatialt2i.gen.evaluate import random_placement
+
+    scenes = heldout_scenes(30)[0]
+    r = random_placement(scenes, seed=1)
+    assert r["presence"] == 1.0 and r["relations_drawn"] == sum(len(s.relations) for s in scenes)
+    assert 0.0 < r["relation_accuracy"] < 0.8                      # chance, not the solver's layouts
+    assert r == random_placement(scenes, seed=1)                    # seeded
+    sizes = [v["accuracy"] for k, v in r["per_relation"].items() if k in ("bigger", "smaller")]
+    assert sizes and all(a == 1.0 for a in sizes)                   # sizes come from the objects
+
+
 @pytest.mark.skipif(not (SHIPPED_GENERATOR / "model_index.json").is_file(), reason="no shipped checkpoint")
 def test_shipped_generator_loads_and_samples() -> None:
     from diffusers import FluxPipeline
