@@ -113,7 +113,7 @@ def test_presets_and_config_errors(tmp_path: Path) -> None:
 
 
 def test_step_order_is_a_seeded_permutation_per_epoch() -> None:
-    from spatialt2i.reward.trainer import StepOrder
+    from spatialt2i.reward.pair_table import StepOrder
 
     o = StepOrder(10, 4, seed=3)
     first = np.concatenate([o.step(s) for s in range(5)])   # 20 positions = 2 epochs
@@ -161,7 +161,7 @@ def test_training_skips_a_corrupt_row_and_writes_its_outputs(tiny: Path, dataset
 
 
 def _order(data: Path, steps: int) -> list[np.ndarray]:
-    from spatialt2i.reward.trainer import PairTable, StepOrder
+    from spatialt2i.reward.pair_table import PairTable, StepOrder
 
     o = StepOrder(len(PairTable(data, "train")), 4, TRAIN_OVERRIDES.get("seed", 0))
     return [o.step(s) for s in range(steps)]

@@ -48,7 +48,7 @@ def test_two_processes_train_the_same_model_as_one(tmp_path: Path) -> None:
     def evals(run: str) -> list[dict]:
         return [json.loads(x) for x in (tmp_path / run / "metrics.jsonl").read_text().splitlines() if "eval/acc" in x]
 
-    from spatialt2i.reward.trainer import PairTable
+    from spatialt2i.reward.pair_table import PairTable
 
     n_eval = min(TRAIN_OVERRIDES["eval_pairs"], len(PairTable(data, "test")))
     assert evals("two") and evals("two")[0]["eval/pairs"] == n_eval  # eval sharded over ranks, each pair once

@@ -48,62 +48,20 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..data.schema import check_dataset, shard_files
-from ..errors import ConfigError, DatasetError
+from ..data.schema import shard_files
+from ..errors import ConfigError
 from ..metrics_log import MetricsLog
-from .collate import NEEDED, collate_pairs
+from .collate import collate_pairs
+from .pair_table import PairTable, StepOrder
 from .losses import gaussian_bt_loss, pairwise_correct
 from .train_config import RewardTrainConfig
 
 log = logging.getLogger(__name__)
 
-ROW_COLUMNS = ["id", "prompt", "chosen", "rejected", "n_perturbations", "perturbation_kind", "n_relations", "verified"]
 CKPT_PREFIX = "step-"
 
 
 # ---------------------------------------------------------------------------------------------- data
-
-class PairTable:
-    """One split of a pair dataset held as a pyarrow table (images stay encoded); rows by index."""
-
-    def __init__(self, root: str | os.PathLike, split: str) -> None:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
-        check_dataset(root, NEEDED)
-        files = shard_files(root, split)
-        if not files:
-            raise DatasetError(f"{root}: no '{split}' split (no data/{split}-*.parquet)")
-        names = set(pq.read_schema(files[0]).names)
-        self.columns = [c for c in ROW_COLUMNS if c in names]
-        self.table = pa.concat_tables([pq.read_table(f, columns=self.columns) for f in files])
-        self.root, self.split = str(root), split
-
-    def __len__(self) -> int:
-        return self.table.num_rows
-
-    def rows(self, indices: list[int] | np.ndarray) -> list[dict[str, Any]]:
-        return self.table.take(list(map(int, indices))).to_pylist() if len(indices) else []
-
-
-class StepOrder:
-    """The pair indices of optimizer step ``s`` (a pure function of seed and step)."""
-
-    def __init__(self, n: int, batch_size: int, seed: int) -> None:
-        if n < 1:
-            raise DatasetError("train split: no rows")
-        self.n, self.batch_size, self.seed = n, batch_size, seed
-        self._perms: dict[int, np.ndarray] = {}
-
-    def _perm(self, epoch: int) -> np.ndarray:
-        if epoch not in self._perms:
-            self._perms = {epoch: np.random.default_rng([self.seed, epoch]).permutation(self.n)}
-        return self._perms[epoch]
-
-    def step(self, s: int) -> np.ndarray:
-        pos = np.arange(s * self.batch_size, (s + 1) * self.batch_size)
-        return np.array([self._perm(int(p // self.n))[p % self.n] for p in pos], dtype=np.int64)
-
 
 def blank_pair() -> tuple[list[str], list[Image.Image]]:
     """A placeholder forward (loss x 0) for a micro batch whose rows were all skipped, so that every
