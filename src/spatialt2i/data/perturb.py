@@ -20,7 +20,6 @@ from typing import Sequence
 import numpy as np
 
 from ..errors import UnsatisfiableSceneError
-from ..world import geometry as G
 from ..world.feasible import may_solve
 from ..world.layout import DEPTH_KINDS, GAP, prepare, solve
 from ..world.scene import Obj, Relation, Scene

@@ -17,25 +17,22 @@ computed for the image tokens only (the model discards its text tokens' outputs;
 Latents along the trajectory are kept in fp32 (the SDE math is fp32); the transformer runs in its
 own dtype (fp32 on CPU, bf16 on CUDA if loaded so). The latent layout (packing, ids, shift) is in
 :mod:`spatialt2i.gen.latents`, the sampler's outputs in :mod:`spatialt2i.gen.trajectory` (both
-re-exported here).
+re-exported here); loading and its errors are in :mod:`spatialt2i.gen.loading`.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import re
 from collections import OrderedDict
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from spatialt2i.errors import SpatialT2IError
 from spatialt2i.gen.flux_forward import transformer_velocity
 from spatialt2i.gen.latents import calculate_shift, image_ids, pack_latents, unpack_latents
+from spatialt2i.gen.loading import GeneratorLoadError, check_flux_folder, load_flux_pipeline
 from spatialt2i.gen.trajectory import PromptEmbeds, Trajectory, _stack_with_grad
 from spatialt2i.rl.sde import sde_step
 
@@ -43,31 +40,6 @@ __all__ = ["DEFAULT_MAX_SEQUENCE_LENGTH", "FluxGenerator", "GeneratorLoadError",
            "calculate_shift", "check_flux_folder", "image_ids", "pack_latents", "unpack_latents"]
 
 DEFAULT_MAX_SEQUENCE_LENGTH = 512
-
-
-class GeneratorLoadError(SpatialT2IError, ValueError):
-    """A generator path or hub id is missing, unreachable, or not a Flux pipeline."""
-
-
-def _looks_like_hub_id(name: str) -> bool:
-    return bool(re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", name)) and not name.startswith((".", "~"))
-
-
-def check_flux_folder(path: Path) -> None:
-    """Raise :class:`GeneratorLoadError` unless ``path`` is a saved diffusers Flux pipeline."""
-    index = path / "model_index.json"
-    if not index.is_file():
-        raise GeneratorLoadError(f"generator path {path} is not a diffusers pipeline folder "
-                                 f"(no model_index.json)")
-    try:
-        spec = json.loads(index.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise GeneratorLoadError(f"generator path {path}: model_index.json is unreadable ({e})") from e
-    transformer = spec.get("transformer") if isinstance(spec, dict) else None
-    if not (isinstance(transformer, list) and transformer[-1:] == ["FluxTransformer2DModel"]):
-        raise GeneratorLoadError(
-            f"generator path {path} holds a {spec.get('_class_name', '?') if isinstance(spec, dict) else '?'} "
-            f"whose transformer is {transformer!r}, not a Flux pipeline (FluxTransformer2DModel)")
 
 
 class FluxGenerator:
@@ -107,28 +79,7 @@ class FluxGenerator:
     def from_pretrained(cls, name_or_path: str | os.PathLike, *, torch_dtype: torch.dtype | None = None,
                         device: str | torch.device | None = None, **kwargs: Any) -> "FluxGenerator":
         """Load a Flux pipeline from a local folder or a hub id; ``kwargs`` go to the constructor."""
-        from diffusers import FluxPipeline
-
-        name = str(name_or_path)
-        path = Path(name).expanduser()
-        if path.exists():
-            if not path.is_dir():
-                raise GeneratorLoadError(f"generator path {path} is a file, not a pipeline folder")
-            check_flux_folder(path)
-            source = str(path)
-        elif _looks_like_hub_id(name):
-            source = name
-        else:
-            raise GeneratorLoadError(f"generator path {name} does not exist (and is not a hub id owner/name)")
-        dtype = torch_dtype or torch.float32
-        try:
-            pipe = FluxPipeline.from_pretrained(source, dtype=dtype)
-        except Exception as e:  # diffusers/hub raise many types; name the source either way
-            raise GeneratorLoadError(f"could not load a Flux pipeline from {name}: {e}") from e
-        pipe.set_progress_bar_config(disable=True)
-        if device is not None:
-            pipe.to(device)
-        return cls(pipe, **kwargs)
+        return cls(load_flux_pipeline(name_or_path, torch_dtype, device), **kwargs)
 
     # ------------------------------------------------------------------ properties
     @property

@@ -58,6 +58,31 @@ class Trajectory:
     # autograd graph of the rollout's forward passes (None otherwise)
     graph_log_probs: torch.Tensor | None = None
 
+    @classmethod
+    def cat(cls, parts: Sequence["Trajectory"]) -> "Trajectory":
+        """Concatenate trajectories that share the schedule (sigmas, noise levels, guidance, size); no images."""
+        if len(parts) == 1:
+            return parts[0]
+        first = parts[0]
+        both = lambda get: PromptEmbeds(torch.cat([get(p).prompt_embeds for p in parts]),  # noqa: E731
+                                        torch.cat([get(p).pooled for p in parts]))
+        graph = [p.graph_log_probs for p in parts]
+        return cls(latents=torch.cat([p.latents for p in parts]), log_probs=torch.cat([p.log_probs for p in parts]),
+                   sigmas=first.sigmas, noise_levels=first.noise_levels, dynamics=first.dynamics,
+                   embeds=both(lambda p: p.embeds), guidance=first.guidance, height=first.height,
+                   width=first.width, negative=both(lambda p: p.negative) if first.negative is not None else None,
+                   true_cfg_scale=first.true_cfg_scale,
+                   graph_log_probs=torch.cat(graph) if all(g is not None for g in graph) else None)
+
+    def select(self, idx: torch.Tensor) -> "Trajectory":
+        """The rows ``idx`` (no images)."""
+        return Trajectory(latents=self.latents[idx], log_probs=self.log_probs[idx], sigmas=self.sigmas,
+                          noise_levels=self.noise_levels, dynamics=self.dynamics, embeds=self.embeds.index(idx),
+                          guidance=self.guidance, height=self.height, width=self.width,
+                          negative=self.negative.index(idx) if self.negative is not None else None,
+                          true_cfg_scale=self.true_cfg_scale,
+                          graph_log_probs=None if self.graph_log_probs is None else self.graph_log_probs[idx])
+
     @property
     def num_steps(self) -> int:
         return self.sigmas.shape[0] - 1

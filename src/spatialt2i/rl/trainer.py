@@ -27,8 +27,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
-import shutil
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -41,11 +39,12 @@ import torch
 import torch.distributed as dist
 
 from spatialt2i.errors import ConfigError
-from spatialt2i.gen.flux import FluxGenerator, PromptEmbeds, Trajectory
+from spatialt2i.gen.flux import FluxGenerator, Trajectory
 from spatialt2i.metrics_log import MetricsLog
 from spatialt2i.rl.advantages import compute_advantages, gaussian_kl_same_std, grpo_clipped_loss, zero_std_groups
 from spatialt2i.rl.config import RLConfig
-from spatialt2i.rl.lora import adapter_disabled, add_lora, lora_state_dict, load_lora_into, save_lora
+from spatialt2i.rl.checkpoint import checkpoint_dirs, read_checkpoint, write_checkpoint
+from spatialt2i.rl.lora import adapter_disabled, add_lora, lora_state_dict, save_lora
 from spatialt2i.rl.rewards import RewardError, Scorer
 
 log = logging.getLogger(__name__)
@@ -78,36 +77,6 @@ class Group:
 def group_seeds(seed: int, iteration: int, group: int, size: int) -> list[int]:
     """Per-sample seeds of a group: independent of how groups are spread over ranks."""
     return [int(s) for s in np.random.SeedSequence([seed, iteration, group]).generate_state(size)]
-
-
-def cat_trajectories(parts: Sequence[Trajectory]) -> Trajectory:
-    """Concatenate trajectories that share the schedule (sigmas, noise levels, guidance, size)."""
-    if len(parts) == 1:
-        return parts[0]
-    first = parts[0]
-    neg = None
-    if first.negative is not None:
-        neg = PromptEmbeds(torch.cat([p.negative.prompt_embeds for p in parts]),
-                           torch.cat([p.negative.pooled for p in parts]))
-    return Trajectory(
-        latents=torch.cat([p.latents for p in parts]), log_probs=torch.cat([p.log_probs for p in parts]),
-        sigmas=first.sigmas, noise_levels=first.noise_levels, dynamics=first.dynamics,
-        embeds=PromptEmbeds(torch.cat([p.embeds.prompt_embeds for p in parts]),
-                            torch.cat([p.embeds.pooled for p in parts])),
-        guidance=first.guidance, height=first.height, width=first.width, negative=neg,
-        true_cfg_scale=first.true_cfg_scale,
-        graph_log_probs=(torch.cat([p.graph_log_probs for p in parts])
-                         if all(p.graph_log_probs is not None for p in parts) else None))
-
-
-def select(traj: Trajectory, idx: torch.Tensor) -> Trajectory:
-    """The rows ``idx`` of a trajectory (no images)."""
-    neg = traj.negative.index(idx) if traj.negative is not None else None
-    return Trajectory(latents=traj.latents[idx], log_probs=traj.log_probs[idx], sigmas=traj.sigmas,
-                      noise_levels=traj.noise_levels, dynamics=traj.dynamics, embeds=traj.embeds.index(idx),
-                      guidance=traj.guidance, height=traj.height, width=traj.width, negative=neg,
-                      true_cfg_scale=traj.true_cfg_scale,
-                      graph_log_probs=None if traj.graph_log_probs is None else traj.graph_log_probs[idx])
 
 
 def _dist() -> tuple[int, int]:
@@ -209,7 +178,7 @@ class GRPOTrainer:
             images.extend(t.images)
             t.images = None
             parts.append(t)
-        traj = cat_trajectories(parts)
+        traj = Trajectory.cat(parts)
         group = Group(index, prompt, metadata, traj)
         group.pending = self._pool.submit(self.scorer.score, [prompt] * sc.group_size, images,
                                           [metadata] * sc.group_size)
@@ -238,7 +207,7 @@ class GRPOTrainer:
         rewards, adv, mask = self.advantages(groups) if groups else (torch.zeros(0, 1),) * 3
         kept = [torch.nonzero(m).flatten() for m in mask]
         if groups:
-            batch = cat_trajectories([select(g.traj, k) for g, k in zip(groups, kept)])
+            batch = Trajectory.cat([g.traj.select(k) for g, k in zip(groups, kept)])
             batch_adv = torch.cat([a[k] for a, k in zip(adv, kept)])
         n_steps = len(self.steps)
         # optimizer step u trains on the u-th slice of every group's kept samples, so the split does
@@ -354,28 +323,16 @@ class GRPOTrainer:
 
     # ------------------------------------------------------------------ checkpoints
     def checkpoint_dirs(self) -> list[Path]:
-        if self.out is None:
-            return []
-        root = self.out / "checkpoints"
-        return sorted(p for p in root.glob("iter-*") if (p / "state.pt").is_file()) if root.is_dir() else []
+        return checkpoint_dirs(self.out)
 
     def save_checkpoint(self) -> Path | None:
         """Atomically write ``checkpoints/iter-N`` (LoRA in diffusers format + trainer state)."""
         if self.out is None or self.rank != 0:
             return None
-        root = self.out / "checkpoints"
-        final = root / f"iter-{self.iteration:06d}"
-        tmp = root / f".tmp-iter-{self.iteration:06d}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        save_lora(self.gen.transformer, tmp / "lora")
-        torch.save({"iteration": self.iteration, "optimizer": self.optimizer.state_dict(),
-                    "ema": self.ema, "history": self.history, "config": asdict(self.cfg)},
-                   tmp / "state.pt")
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
-        for old in self.checkpoint_dirs()[:-max(self.cfg.keep_checkpoints, 1)]:
-            shutil.rmtree(old, ignore_errors=True)
-        return final
+        return write_checkpoint(self.out, self.iteration, self.gen.transformer,
+                                {"iteration": self.iteration, "optimizer": self.optimizer.state_dict(),
+                                 "ema": self.ema, "history": self.history, "config": asdict(self.cfg)},
+                                self.cfg.keep_checkpoints)
 
     def load_checkpoint(self, path: str | Path | None = None) -> bool:
         """Restore the latest (or the given) checkpoint; False when there is none."""
@@ -384,14 +341,7 @@ class GRPOTrainer:
             if not dirs:
                 return False
             path = dirs[-1]
-        path = Path(path)
-        state = torch.load(path / "state.pt", map_location="cpu", weights_only=False)
-        saved = state.get("config", {})
-        for key in ("sample", "train", "lora", "seed", "prompts_per_iteration"):
-            if key in saved and saved[key] != asdict(self.cfg)[key]:
-                raise ConfigError(f"resume from {path}: config key {key!r} differs from the checkpoint's "
-                                  f"({saved[key]} vs {asdict(self.cfg)[key]})")
-        load_lora_into(self.gen.transformer, path / "lora")
+        state = read_checkpoint(path, self.cfg, self.gen.transformer)
         self.optimizer.load_state_dict(state["optimizer"])
         if self.ema is not None and state.get("ema") is not None:
             for e, v in zip(self.ema, state["ema"]):
