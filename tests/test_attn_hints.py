@@ -41,7 +41,7 @@ def _uniform_attentions(b: int, heads: int, t: int, layers: int) -> tuple[torch.
 
 
 def test_hint_losses_at_their_minimum_when_attention_matches_and_log_t_when_uniform():
-    b, heads, t, n_img = 2, 4, 10, 4
+    b, heads, t = 2, 4, 10
     h = Hints(bind=torch.tensor([[0, 8, 7]]), ground=torch.tensor([[1, 9]]),
               ground_tgt=torch.tensor([[0.0, 1.0, 0.0, 0.0]]), img_start=torch.tensor([2, 3]),
               role=torch.tensor([[0, 9, 8, 6, -1]]), rel=torch.tensor([[0, 9]]),

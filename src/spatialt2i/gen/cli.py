@@ -18,6 +18,10 @@ def register(groups: dict[str, argparse._SubParsersAction]) -> None:
     p.add_argument("--stop-at", type=int, default=None,
                    help="stop flow matching after this many steps (the lr schedule still spans --steps)")
     p.add_argument("--batch", type=int, default=None, help="flow-matching batch size (overrides the config)")
+    p.add_argument("--init-from", default=None,
+                   help="a pipeline folder to continue from: every part starts from it (no VAE stage)")
+    p.add_argument("--text-steps", type=int, default=None, help="text-stage steps (overrides the config; 0: none)")
+    p.add_argument("--grounding-weight", type=float, default=None, help="token grounding loss weight (overrides)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/train_state after a kill")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--fp16", action="store_true", help="also save an fp16 copy in OUT/fp16 (half the size)")
@@ -41,7 +45,8 @@ def _pretrain(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     cfg = load_config(args.config, minutes=args.minutes, seed=args.seed, vae_steps=args.vae_steps,
-                      fm_steps=args.steps, fm_stop=args.stop_at, batch=args.batch)
+                      fm_steps=args.steps, fm_stop=args.stop_at, batch=args.batch, init_from=args.init_from,
+                      text_steps=args.text_steps, grounding_weight=args.grounding_weight)
     tr = Pretrainer(cfg, args.out, resume=args.resume)
     res = tr.run()
     if args.fp16:

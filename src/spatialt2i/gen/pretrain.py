@@ -5,7 +5,7 @@
 0. **Text encoders** (optional, ``text_steps`` > 0; :mod:`spatialt2i.gen.text_pretrain`) — the
    world's stand-in for pretrained T5/CLIP: a scene-parse objective on prompts alone. With
    ``text_lr: 0`` they then stay frozen in flow matching, as FLUX.1-dev's are.
-1. **VAE** (skipped with ``init_vae``: reuse a trained one) — an ``AutoencoderKL`` (3 blocks: VAE scale factor 4, 16 latent channels, so 64 px
+1. **VAE** (skipped with ``init_vae`` or ``init_from``: reuse a trained one) — an ``AutoencoderKL`` (3 blocks: VAE scale factor 4, 16 latent channels, so 64 px
    images give 16x16 latents = 64 packed image tokens) learns to reconstruct scenes. It is fully
    convolutional (no mid-block attention), so it trains on random crops (cheap) and then encodes
    whole images. After this stage its ``shift_factor``/``scaling_factor`` are set from latent
@@ -56,10 +56,15 @@ __all__ = ["DEFAULT_MAX_SEQUENCE_LENGTH", "SHIPPED_GENERATOR", "DataConfig", "Mo
 
 # ---------------------------------------------------------------------------------------- model
 def build_pipeline(cfg: PretrainConfig):
-    """A random-init tiny FluxPipeline with this config's sizes (tokenizers built offline)."""
+    """A random-init tiny FluxPipeline with this config's sizes (tokenizers built offline), or the
+    pipeline saved in ``cfg.init_from`` (fp32)."""
     from diffusers import AutoencoderKL, FluxPipeline
 
+    from spatialt2i.gen.loading import load_flux_pipeline
     from spatialt2i.gen.tiny import build_tiny_flux_pipeline
+
+    if cfg.init_from:
+        return load_flux_pipeline(cfg.init_from)
 
     m = cfg.model
     base = build_tiny_flux_pipeline(
@@ -124,7 +129,8 @@ class Pretrainer:
         if cfg.text_steps > 0:
             from spatialt2i.gen.text_pretrain import TextStage
 
-            self.text_stage = TextStage(self.pipe, cfg.text_stage_lr, cfg.text_where_weight, cfg.max_sequence_length)
+            self.text_stage = TextStage(self.pipe, cfg.text_stage_lr, cfg.text_where_weight, cfg.max_sequence_length,
+                                        cfg.text_hint_weight)
         self.vae_opt = torch.optim.AdamW(self.pipe.vae.parameters(), lr=cfg.vae_lr, weight_decay=0.0)
         groups = [{"params": list(self.pipe.transformer.parameters()), "lr": cfg.lr, "base_lr": cfg.lr}]
         if cfg.text_lr > 0:  # else the text encoders stay frozen, as FLUX.1-dev's are
@@ -227,8 +233,13 @@ class Pretrainer:
             return max(0.0, self.cfg.minutes * 60 - self.elapsed["vae"])
         return self.cfg.minutes * 60 * (1 - self.cfg.vae_share)
 
+    @property
+    def vae_source(self) -> str | None:
+        """Where a trained VAE came from (``init_vae`` or ``init_from``); None when this run trains it."""
+        return self.cfg.init_vae or self.cfg.init_from
+
     def _vae_more(self) -> bool:
-        if self.cfg.init_vae:
+        if self.vae_source:
             return False
         if self.cfg.vae_steps > 0 and self.step >= self.cfg.vae_steps:
             return False
@@ -255,8 +266,8 @@ class Pretrainer:
         t_prev, losses, stats = time.monotonic(), [], []
         last_ckpt = t_prev
         while self.step < cfg.text_steps:
-            scenes, prompts = self.stream.scenes(cfg.text_batch)
-            loss, st = self.text_stage.step(scenes, prompts, lr_factor(self.step, cfg.text_steps, 50, 0.05))
+            scenes, prompts, spans = self.stream.described(cfg.text_batch)
+            loss, st = self.text_stage.step(scenes, prompts, spans, lr_factor(self.step, cfg.text_steps, 50, 0.05))
             losses.append(loss), stats.append(st)
             self.step += 1
             now = time.monotonic()
@@ -369,7 +380,9 @@ class Pretrainer:
         # ---- stage 1
         if self.stage == "vae":
             p.vae.train()
-            self._say(f"VAE stage: {self.vae_budget_s() / 60:.1f} min, batch {cfg.vae_batch} crops of {cfg.vae_crop} px")
+            if not self.vae_source:
+                self._say(f"VAE stage: {self.vae_budget_s() / 60:.1f} min, batch {cfg.vae_batch} crops of "
+                          f"{cfg.vae_crop} px")
             t_prev, losses = time.monotonic(), []
             while self._vae_more():
                 lr = cfg.vae_lr * lr_factor(self.step, max(1, self._vae_total_steps()), 50, 0.05)
@@ -387,13 +400,13 @@ class Pretrainer:
                 if now - last_ckpt > cfg.checkpoint_minutes * 60:
                     self._save_state()
                     last_ckpt, t_prev = time.monotonic(), time.monotonic()
-            if cfg.init_vae:  # trained elsewhere: keep its latent shift/scale
+            if self.vae_source:  # trained elsewhere: keep its latent shift/scale
                 shift, scale = p.vae.config.shift_factor, p.vae.config.scaling_factor
             else:
                 shift, scale = latent_scale(p.vae, self.stream)
             chk = reconstruction_check(p.vae, cfg.image_size)
             self._metric("vae_check", chk, self.step)
-            self._say(f"VAE {'loaded from ' + cfg.init_vae if cfg.init_vae else f'done after {self.step} steps'}: "
+            self._say(f"VAE {'loaded from ' + self.vae_source if self.vae_source else f'done after {self.step} steps'}: "
                       f"shift {shift:.3f} scale {scale:.3f}; oracle on "
                       f"reconstructions: presence {chk['presence']:.3f} all-correct {chk['all_correct']:.3f}")
             p.vae.eval()
@@ -474,6 +487,10 @@ class Pretrainer:
             p.save_pretrained(str(out))
             if dtype != torch.float32:
                 p.to(torch.float32)
+        for path in [Path(out) / "model_index.json", *Path(out).glob("*/config.json")]:  # no paths of init_from
+            spec = json.loads(path.read_text())
+            if spec.pop("_name_or_path", None) is not None:
+                path.write_text(json.dumps(spec, indent=2, sort_keys=True) + "\n")
 
 
 def pretrain(out: str | Path, cfg: PretrainConfig | None = None, *, resume: bool = False,

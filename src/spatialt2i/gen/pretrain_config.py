@@ -79,8 +79,11 @@ class PretrainConfig:
     text_steps: int = 0             # > 0: this many steps of the scene-parse objective
     text_batch: int = 64
     text_stage_lr: float = 2e-3
-    text_where_weight: float = 10.0  # weight of the position/draw-order regression
+    text_where_weight: float = 10.0  # weight of the relative-place regression
+    text_hint_weight: float = 0.0   # > 0: mention tokens' first-layer attention to their clause's relation words
     init_vae: str | None = None     # a pipeline folder (its vae/) or a VAE folder: skip the VAE stage
+    init_from: str | None = None    # a pipeline folder: every part starts from it (sizes from it, not `model`;
+                                    # its VAE is kept: no VAE stage) -- to continue a trained generator
     # VAE stage
     vae_batch: int = 32
     vae_crop: int = 32

@@ -63,12 +63,17 @@ class SceneStream:
         return scenes, imgs, prompts
 
     def scenes(self, n: int, easy: bool = False):
-        """``(scenes, prompts)`` without rendering (the text stage needs no images)."""
-        from spatialt2i.world.text import Style, describe
+        """``(scenes, prompts)`` without rendering."""
+        return self.described(n, easy)[:2]
+
+    def described(self, n: int, easy: bool = False):
+        """``(scenes, prompts, clause spans)``: each prompt's character span of each relation's clause
+        (the text stage's targets need them); draws the same scenes and prompts as :meth:`scenes`."""
+        from spatialt2i.world.text import Style, describe_with_spans
 
         scenes = [self._one(easy) for _ in range(n)]
-        prompts = [describe(s, Style.draw(self.rng, len(s.relations))) for s in scenes]
-        return scenes, prompts
+        said = [describe_with_spans(s, Style.draw(self.rng, len(s.relations))) for s in scenes]
+        return scenes, [p for p, _ in said], [sp for _, sp in said]
 
     def state(self) -> dict:
         return self.rng.bit_generator.state

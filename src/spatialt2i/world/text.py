@@ -114,20 +114,31 @@ def _cap(s: str) -> str:
 
 def describe(scene: Scene, style: Style) -> str:
     """The prompt for a scene: every relation once, then any object no relation names."""
+    return describe_with_spans(scene, style)[0]
+
+
+def describe_with_spans(scene: Scene, style: Style) -> tuple[str, list[tuple[int, int]]]:
+    """:func:`describe`'s prompt and the character span of each relation's clause in it (in the
+    order of ``scene.relations``)."""
     seen: set[int] = set()
-    parts: list[str] = []
+    text = OPENERS[style.opener]
+    spans: list[tuple[int, int]] = []
     for slot, rel in enumerate(scene.relations):
-        text = clause(scene, rel, style, slot, seen)
-        if not parts:
-            parts.append(_cap(text))
+        words = clause(scene, rel, style, slot, seen)
+        if slot == 0:
+            words = _cap(words)
         else:
             join = JOINS[style.pick(4 * slot + 3, len(JOINS))]
-            parts.append(join + (_cap(text) if join.startswith(".") else text))
+            text += join
+            if join.startswith("."):
+                words = _cap(words)
+        spans.append((len(text), len(text) + len(words)))
+        text += words
     for i in range(len(scene.objects)):
         if i not in seen:
-            parts.append((". " if parts else "") + f"There is also {_mention(scene, i, seen, True)}"
-                         if parts else _cap(_mention(scene, i, seen, True)))
-    return OPENERS[style.opener] + "".join(parts) + "."
+            text += (". There is also " + _mention(scene, i, seen, True) if scene.relations or i > 0
+                     else _cap(_mention(scene, i, seen, True)))
+    return text + ".", spans
 
 
 def relation_text(scene: Scene, rel: Relation) -> str:
