@@ -151,7 +151,7 @@ def test_text_stage_run_with_loaded_vae_and_frozen_text(tmp_path: Path) -> None:
 
 
 def test_object_tokens_mark_the_cells_an_object_covers() -> None:
-    from spatialt2i.gen.pretrain import object_tokens
+    from spatialt2i.gen.grounding import object_tokens
 
     # a small square centred at (0.25, 0.25) of a 64 px canvas: pixels ~11-21, i.e. cells 1-2 of
     # 8 px in both directions (row-major over the 8 x 8 token grid)

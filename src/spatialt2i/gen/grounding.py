@@ -47,6 +47,14 @@ def token_grid_mask(pixels: np.ndarray, cell: int) -> np.ndarray:
     return pixels.reshape(h // cell, cell, w // cell, cell).any(axis=(1, 3)).reshape(-1)
 
 
+def object_tokens(scenes: Sequence[Any], image_size: int, cell: int) -> torch.Tensor:
+    """(B, N_img) float 0/1: the packed image tokens that show some object of each scene."""
+    from spatialt2i.world.render import id_map
+
+    return torch.tensor(np.stack([token_grid_mask(id_map(s, image_size) > 0, cell) for s in scenes]),
+                        dtype=torch.float32)
+
+
 def mention_spans(prompt: str, colour: str, shape: str) -> list[tuple[int, int]]:
     """Character spans of "<colour> <shape>" (whole words) in ``prompt``."""
     pat = re.compile(rf"\b{re.escape(colour)} {re.escape(shape)}\b")

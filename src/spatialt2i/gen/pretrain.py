@@ -33,7 +33,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-import math
 import time
 from pathlib import Path
 from typing import Any
@@ -46,58 +45,13 @@ from spatialt2i.gen.pretrain_config import (
     world_generator_path)
 from spatialt2i.gen.scene_stream import SceneStream, to_pixels
 from spatialt2i.gen.schedule import lr_factor, shifted_sigmas
-from spatialt2i.gen.vae_stage import finetune_decoder, latent_scale, load_vae, reconstruction_check, vae_step
+from spatialt2i.gen.tiny import build_world_pipeline
+from spatialt2i.gen.vae_stage import finetune_decoder, latent_scale, reconstruction_check, vae_step
 from spatialt2i.metrics_log import MetricsLog
 
 __all__ = ["DEFAULT_MAX_SEQUENCE_LENGTH", "SHIPPED_GENERATOR", "DataConfig", "ModelConfig", "PretrainConfig",
-           "Pretrainer", "SceneStream", "build_pipeline", "load_config", "pretrain", "to_pixels",
+           "Pretrainer", "SceneStream", "load_config", "pretrain", "to_pixels",
            "world_generator_path"]
-
-
-# ---------------------------------------------------------------------------------------- model
-def build_pipeline(cfg: PretrainConfig):
-    """A random-init tiny FluxPipeline with this config's sizes (tokenizers built offline), or the
-    pipeline saved in ``cfg.init_from`` (fp32)."""
-    from diffusers import AutoencoderKL, FluxPipeline
-
-    from spatialt2i.gen.loading import load_flux_pipeline
-    from spatialt2i.gen.tiny import build_tiny_flux_pipeline
-
-    if cfg.init_from:
-        return load_flux_pipeline(cfg.init_from)
-
-    m = cfg.model
-    base = build_tiny_flux_pipeline(
-        seed=cfg.seed, vae_blocks=len(m.vae_channels), num_layers=m.num_layers,
-        num_single_layers=m.num_single_layers, heads=m.heads, head_dim=m.head_dim,
-        joint_dim=m.joint_dim, pooled_dim=m.pooled_dim, guidance_embeds=m.guidance_embeds,
-        latent_channels=m.latent_channels)
-    torch.manual_seed(cfg.seed + 1)
-    groups = math.gcd(*m.vae_channels) if len(m.vae_channels) > 1 else m.vae_channels[0]
-    vae = AutoencoderKL(
-        in_channels=3, out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * len(m.vae_channels),
-        up_block_types=("UpDecoderBlock2D",) * len(m.vae_channels),
-        block_out_channels=tuple(m.vae_channels), layers_per_block=1,
-        latent_channels=m.latent_channels, norm_num_groups=min(8, groups), sample_size=cfg.image_size,
-        mid_block_add_attention=False,  # fully convolutional: trains on crops
-        scaling_factor=1.0, shift_factor=0.0, use_quant_conv=False, use_post_quant_conv=False)
-    if cfg.init_vae:
-        vae = load_vae(cfg.init_vae, m.latent_channels)
-    pipe = FluxPipeline(scheduler=base.scheduler, vae=vae, text_encoder=base.text_encoder,
-                        tokenizer=base.tokenizer, text_encoder_2=base.text_encoder_2,
-                        tokenizer_2=base.tokenizer_2, transformer=base.transformer)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
-
-
-def object_tokens(scenes, image_size: int, cell: int) -> torch.Tensor:
-    """(B, N_img) float 0/1: the packed image tokens that show some object of each scene."""
-    from spatialt2i.gen.grounding import token_grid_mask
-    from spatialt2i.world.render import id_map
-
-    return torch.tensor(np.stack([token_grid_mask(id_map(s, image_size) > 0, cell) for s in scenes]),
-                        dtype=torch.float32)
 
 
 # ---------------------------------------------------------------------------------------- trainer
@@ -120,7 +74,7 @@ class Pretrainer:
         self.progress = progress
         self.out.mkdir(parents=True, exist_ok=True)
         _quiet()
-        self.pipe = build_pipeline(cfg)
+        self.pipe = build_world_pipeline(cfg)
         self.stream = SceneStream(cfg, cfg.seed + 12345)
         self.stage = "text" if cfg.text_steps > 0 else "vae"
         self.step = 0           # step within the current stage
@@ -320,7 +274,10 @@ class Pretrainer:
         v = gen.forward(xt, sigma, embeds, pooled, guidance)
         err = (v - (noise - x0)).pow(2)
         if cfg.object_weight != 1.0:
-            w = 1.0 + (cfg.object_weight - 1.0) * object_tokens(scenes, cfg.image_size, 2 * pipe.vae_scale_factor)
+            from spatialt2i.gen.grounding import object_tokens
+
+            w = 1.0 + (cfg.object_weight - 1.0) * object_tokens(scenes, cfg.image_size,
+                                                                 2 * pipe.vae_scale_factor)
             err = err * (w / w.mean(1, keepdim=True))[:, :, None]
         loss = fm_loss = err.mean()
         if cfg.grounding_weight > 0:

@@ -19,9 +19,11 @@ Shape rules the components must obey (diffusers' FluxPipeline assumes them):
 from __future__ import annotations
 
 import json
+import math
 import random
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -248,4 +250,41 @@ def build_tiny_flux_pipeline(
     if out_dir is not None:
         Path(out_dir).mkdir(parents=True, exist_ok=True)
         pipe.save_pretrained(str(out_dir))
+    return pipe
+
+
+def build_world_pipeline(cfg: Any):
+    """The world generator's starting pipeline for a pretraining config (``gen.pretrain_config``):
+    random-init tiny parts of ``cfg.model``'s sizes (tokenizers built offline) with a fully
+    convolutional VAE of ``cfg.model.vae_channels`` (or the one in ``cfg.init_vae``), or the whole
+    pipeline saved in ``cfg.init_from`` (fp32)."""
+    from diffusers import AutoencoderKL, FluxPipeline
+
+    from spatialt2i.gen.loading import load_flux_pipeline
+    from spatialt2i.gen.vae_stage import load_vae
+
+    if cfg.init_from:
+        return load_flux_pipeline(cfg.init_from)
+    m = cfg.model
+    base = build_tiny_flux_pipeline(
+        seed=cfg.seed, vae_blocks=len(m.vae_channels), num_layers=m.num_layers,
+        num_single_layers=m.num_single_layers, heads=m.heads, head_dim=m.head_dim,
+        joint_dim=m.joint_dim, pooled_dim=m.pooled_dim, guidance_embeds=m.guidance_embeds,
+        latent_channels=m.latent_channels)
+    torch.manual_seed(cfg.seed + 1)
+    groups = math.gcd(*m.vae_channels) if len(m.vae_channels) > 1 else m.vae_channels[0]
+    vae = AutoencoderKL(
+        in_channels=3, out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * len(m.vae_channels),
+        up_block_types=("UpDecoderBlock2D",) * len(m.vae_channels),
+        block_out_channels=tuple(m.vae_channels), layers_per_block=1,
+        latent_channels=m.latent_channels, norm_num_groups=min(8, groups), sample_size=cfg.image_size,
+        mid_block_add_attention=False,  # fully convolutional: trains on crops
+        scaling_factor=1.0, shift_factor=0.0, use_quant_conv=False, use_post_quant_conv=False)
+    if cfg.init_vae:
+        vae = load_vae(cfg.init_vae, m.latent_channels)
+    pipe = FluxPipeline(scheduler=base.scheduler, vae=vae, text_encoder=base.text_encoder,
+                        tokenizer=base.tokenizer, text_encoder_2=base.text_encoder_2,
+                        tokenizer_2=base.tokenizer_2, transformer=base.transformer)
+    pipe.set_progress_bar_config(disable=True)
     return pipe
