@@ -161,14 +161,17 @@ def test_object_tokens_mark_the_cells_an_object_covers() -> None:
     assert {int(i) for i in m[0].nonzero()} == {8 * r + c for r in (1, 2) for c in (1, 2)}
 
 
-def test_object_weight_changes_the_loss_and_text_dropout_empties_prompts(tmp_path: Path) -> None:
+def test_object_weight_changes_the_loss_and_text_dropout_empties_prompts(tmp_path: Path, monkeypatch) -> None:
+    from spatialt2i.gen import fm_data
+
     seen = []
+    tokenize = fm_data.tokenize_prompts
+    monkeypatch.setattr(fm_data, "tokenize_prompts", lambda pipe, prompts, n: (seen.extend(prompts),
+                                                                                tokenize(pipe, prompts, n))[1])
     losses = {}
     for w in (1.0, 5.0):
         tr = Pretrainer(_cfg(text_steps=0, object_weight=w, text_dropout=1.0, fm_steps=1), tmp_path / f"w{w}",
                         progress=False)
-        orig = tr.pipe.encode_prompt
-        tr.pipe.encode_prompt = lambda prompt, **kw: (seen.extend(prompt), orig(prompt=prompt, **kw))[1]
         tr.stage = "fm"
         torch.manual_seed(0)
         tr.stream = SceneStream(tr.cfg, 1)

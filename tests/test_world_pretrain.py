@@ -76,7 +76,8 @@ def test_ema_and_grounding(tmp_path: Path) -> None:
     from diffusers import FluxPipeline
 
     out = tmp_path / "gen"
-    tr = Pretrainer(_tiny_cfg(ema_decay=0.9, decoder_steps=0, grounding_weight=0.5), out, progress=False)
+    tr = Pretrainer(_tiny_cfg(ema_decay=0.9, decoder_steps=0, grounding_weight=0.5, data_workers=1), out,
+                    progress=False)
     tr.run()
     recs = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     ground = [r["grounding"] for r in recs if r["stage"] == "fm"]

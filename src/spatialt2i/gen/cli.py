@@ -23,7 +23,11 @@ def register(groups: dict[str, argparse._SubParsersAction]) -> None:
     p.add_argument("--text-steps", type=int, default=None, help="text-stage steps (overrides the config; 0: none)")
     p.add_argument("--grounding-weight", type=float, default=None, help="token grounding loss weight (overrides)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/train_state after a kill")
+    p.add_argument("--lr", type=float, default=None, help="flow-matching learning rate (overrides the config)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--device", default=None, help="cpu (default) or cuda: where every stage runs")
+    p.add_argument("--data-workers", type=int, default=None,
+                   help="render flow-matching batches in this many processes (for a GPU; default 0)")
     p.add_argument("--fp16", action="store_true", help="also save an fp16 copy in OUT/fp16 (half the size)")
     p.set_defaults(func=_pretrain)
 
@@ -46,7 +50,8 @@ def _pretrain(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     cfg = load_config(args.config, minutes=args.minutes, seed=args.seed, vae_steps=args.vae_steps,
                       fm_steps=args.steps, fm_stop=args.stop_at, batch=args.batch, init_from=args.init_from,
-                      text_steps=args.text_steps, grounding_weight=args.grounding_weight)
+                      text_steps=args.text_steps, grounding_weight=args.grounding_weight, lr=args.lr,
+                      device=args.device, data_workers=args.data_workers)
     tr = Pretrainer(cfg, args.out, resume=args.resume)
     res = tr.run()
     if args.fp16:

@@ -21,11 +21,13 @@
    show objects (``object_weight``; the white background is most of every image), and empty
    prompts at a rate (``text_dropout``) so that the model can be sampled with true CFG.
 
-Each stage is budgeted in minutes of wall time (``--minutes`` is the total). Every few minutes a
-training state (all weights, optimiser, step, data RNG) is written to ``DIR/train_state/`` so a
-killed run resumes with ``--resume``; metrics go to TensorBoard (``DIR/logs``) and a JSON-lines
-log. The final pipeline is saved with ``save_pretrained`` in ``DIR`` and loads with
-``FluxPipeline.from_pretrained(DIR)``.
+Every stage runs on ``device`` (``--device cuda``; CPU paths stay fp32). On a GPU one core cannot
+render and tokenise scenes as fast as the tiny transformer trains, so ``data_workers`` processes
+make the flow-matching batches (:mod:`spatialt2i.gen.fm_data`). Each stage is budgeted in minutes
+of wall time (``--minutes`` is the total). Every few minutes a training state (all weights,
+optimiser, step, data RNG) is written to ``DIR/train_state/`` so a killed run resumes with
+``--resume``; metrics go to TensorBoard (``DIR/logs``) and a JSON-lines log. The final pipeline is
+saved with ``save_pretrained`` in ``DIR`` and loads with ``FluxPipeline.from_pretrained(DIR)``.
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ import torch
 
 from spatialt2i.gen.pretrain_config import (
     DEFAULT_MAX_SEQUENCE_LENGTH, SHIPPED_GENERATOR, DataConfig, ModelConfig, PretrainConfig, load_config,
-    world_generator_path)
+    resolve_device, world_generator_path)
 from spatialt2i.gen.scene_stream import SceneStream, to_pixels
 from spatialt2i.gen.schedule import lr_factor, shifted_sigmas
 from spatialt2i.gen.tiny import build_world_pipeline
@@ -68,13 +70,15 @@ class Pretrainer:
     """Two-stage pretraining with checkpoints, resume, TensorBoard and JSON-lines metrics."""
 
     def __init__(self, cfg: PretrainConfig, out: str | Path, resume: bool = False, progress: bool = True) -> None:
+        self.device = resolve_device(cfg.device)     # before anything is written
         self.cfg = cfg
         self.out = Path(out)
         self.state_dir = self.out / "train_state"
         self.progress = progress
         self.out.mkdir(parents=True, exist_ok=True)
         _quiet()
-        self.pipe = build_world_pipeline(cfg)
+        self.pipe = build_world_pipeline(cfg).to(self.device)
+        torch.manual_seed(cfg.seed + 2)       # noise, sigmas, guidance: a run is reproducible (init_from too)
         self.stream = SceneStream(cfg, cfg.seed + 12345)
         self.stage = "text" if cfg.text_steps > 0 else "vae"
         self.step = 0           # step within the current stage
@@ -91,6 +95,7 @@ class Pretrainer:
             groups.append({"params": list(self.pipe.text_encoder_2.parameters())
                            + list(self.pipe.text_encoder.parameters()), "lr": cfg.text_lr, "base_lr": cfg.text_lr})
         self.fm_opt = torch.optim.AdamW(groups, weight_decay=0.0)
+        self._batches = None              # FMBatches, made when the flow-matching stage starts
         self._recorders: list = []        # attention recorders (grounding loss), set in the flow-matching stage
         self._ground_losses: list[float] = []
         self.ema = None
@@ -156,6 +161,7 @@ class Pretrainer:
         self.stream.set_state(s["data_rng"])
         if self.ema is not None and s.get("ema") is not None:
             self.ema.load_state_dict(s["ema"])
+            self.ema.to(self.device)
         if self.text_stage is not None and s.get("text_stage") is not None:
             self.text_stage.load_state_dict(s["text_stage"])
         torch.set_rng_state(s["torch_rng"])
@@ -249,43 +255,43 @@ class Pretrainer:
             for q in mod.parameters():
                 q.requires_grad_(self.cfg.text_lr > 0)
 
+    def _fm_batches(self):
+        """The stage's batch source (made once; worker streams seeded from the step it starts at)."""
+        from spatialt2i.gen.fm_data import FMBatches, worker_seed
+
+        if self._batches is None:
+            p = self.pipe
+            self._batches = FMBatches(self.stream, self.cfg, p, 2 * p.vae_scale_factor, self.cfg.data_workers,
+                                      worker_seed(self.cfg.seed, self.step))
+        return self._batches
+
     def _fm_step(self, gen) -> float:
+        from spatialt2i.gen.fm_data import encode_ids, to_device
         from spatialt2i.gen.flux import pack_latents
 
-        cfg, pipe = self.cfg, self.pipe
+        cfg, pipe, dev = self.cfg, self.pipe, self.device
         total = self._fm_total_steps()
-        easy = self.step < cfg.data.curriculum * total
-        scenes, imgs, prompts = self.stream.batch(cfg.batch, easy=easy)
-        if cfg.text_dropout > 0:
-            drop = torch.rand(len(prompts)) < cfg.text_dropout
-            prompts = ["" if d else q for d, q in zip(drop.tolist(), prompts)]
+        batch = to_device(self._fm_batches().next(easy=self.step < cfg.data.curriculum * total), dev)
         with torch.no_grad():
-            z = pipe.vae.encode(to_pixels(imgs)).latent_dist.mode()
+            z = pipe.vae.encode(to_pixels(batch.images)).latent_dist.mode()
             x0 = pack_latents((z - pipe.vae.config.shift_factor) * pipe.vae.config.scaling_factor)
         b = x0.shape[0]
-        u = torch.sigmoid(cfg.logit_mean + cfg.logit_std * torch.randn(b))
+        u = torch.sigmoid(cfg.logit_mean + cfg.logit_std * torch.randn(b)).to(dev)
         sigma = shifted_sigmas(u.clamp(1e-4, 1 - 1e-4), x0.shape[1], pipe.scheduler.config)
-        noise = torch.randn_like(x0)
+        noise = torch.randn(x0.shape).to(dev)     # drawn on the CPU: the same numbers on any device
         xt = (1 - sigma[:, None, None]) * x0 + sigma[:, None, None] * noise
-        guidance = torch.empty(b).uniform_(cfg.guidance_min, cfg.guidance_max)
+        guidance = torch.empty(b).uniform_(cfg.guidance_min, cfg.guidance_max).to(dev)
         with torch.set_grad_enabled(cfg.text_lr > 0):
-            embeds, pooled, _ = pipe.encode_prompt(prompt=prompts, prompt_2=None, device=torch.device("cpu"),
-                                                   max_sequence_length=cfg.max_sequence_length)
+            embeds, pooled, _ = encode_ids(pipe, batch.t5_ids, batch.clip_ids)
         v = gen.forward(xt, sigma, embeds, pooled, guidance)
         err = (v - (noise - x0)).pow(2)
-        if cfg.object_weight != 1.0:
-            from spatialt2i.gen.grounding import object_tokens
-
-            w = 1.0 + (cfg.object_weight - 1.0) * object_tokens(scenes, cfg.image_size,
-                                                                 2 * pipe.vae_scale_factor)
-            err = err * (w / w.mean(1, keepdim=True))[:, :, None]
+        if batch.token_weight is not None:
+            err = err * batch.token_weight[:, :, None]
         loss = fm_loss = err.mean()
-        if cfg.grounding_weight > 0:
-            from spatialt2i.gen.grounding import grounding_loss, grounding_targets
+        if batch.grounding is not None:
+            from spatialt2i.gen.grounding import grounding_loss
 
-            tg = grounding_targets(scenes, prompts, pipe.tokenizer_2, cfg.max_sequence_length, cfg.image_size,
-                                   2 * pipe.vae_scale_factor)
-            lg = torch.stack([grounding_loss(r.img_to_txt, tg) for r in self._recorders]).mean()
+            lg = torch.stack([grounding_loss(r.img_to_txt, batch.grounding) for r in self._recorders]).mean()
             self._ground_losses.append(float(lg.detach()))
             loss = loss + cfg.grounding_weight * lg
         f = lr_factor(self.step, max(1, total), cfg.warmup_steps, cfg.min_lr_ratio)
@@ -382,7 +388,9 @@ class Pretrainer:
             from spatialt2i.gen.grounding import install_recorders
 
             self._recorders = install_recorders(p.transformer)
-        self._say(f"flow-matching stage: {self.fm_budget_s() / 60:.1f} min, batch {cfg.batch}")
+        self._fm_batches()
+        self._say(f"flow-matching stage: {self.fm_budget_s() / 60:.1f} min, batch {cfg.batch}"
+                  + (f", {cfg.data_workers} data workers" if cfg.data_workers else "") + f", on {self.device}")
         t_prev, losses = time.monotonic(), []
         last_eval = self.elapsed["fm"]
         while self._fm_more():
@@ -399,7 +407,8 @@ class Pretrainer:
                 self._metric("fm", vals, self.step)
                 self._say(f"fm step {self.step} loss {vals['loss']:.4f} "
                           + (f"grounding {vals['grounding']:.3f} " if "grounding" in vals else "")
-                          + f"({self.elapsed['fm'] / 60:.1f}/{self.fm_budget_s() / 60:.1f} min)")
+                          + f"({self.elapsed['fm'] / 60:.1f}/{self.fm_budget_s() / 60:.1f} min, "
+                          f"{self.step * cfg.batch / max(self.elapsed['fm'], 1e-9):.0f} samples/s)")
                 losses, self._ground_losses = [], []
             if cfg.eval_minutes > 0 and self.elapsed["fm"] - last_eval > cfg.eval_minutes * 60:
                 res = self.evaluate()
@@ -411,6 +420,7 @@ class Pretrainer:
             if time.monotonic() - last_ckpt > cfg.checkpoint_minutes * 60:
                 self._save_state()
                 last_ckpt = t_prev = time.monotonic()
+        self._batches.close()
         self._save_state()
         if cfg.decoder_steps > 0:
             self._say(f"decoder stage: {cfg.decoder_steps} steps (encoder frozen)")

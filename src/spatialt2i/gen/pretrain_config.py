@@ -5,9 +5,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from spatialt2i.errors import ConfigError
+
+if TYPE_CHECKING:
+    import torch
 
 DEFAULT_MAX_SEQUENCE_LENGTH = 128
 SHIPPED_GENERATOR = Path(__file__).resolve().parent.parent / "assets" / "world-generator"
@@ -111,6 +114,9 @@ class PretrainConfig:
     text_dropout: float = 0.0       # share of empty prompts (an unconditional branch for true CFG)
     ema_decay: float = 0.0          # > 0: EMA of the transformer and text encoders (evaluated and saved)
     ema_warmup: bool = True         # decay ramps up as 1 - (1 + step)^-2/3 (diffusers' EMAModel warm-up)
+    # where it runs
+    device: str = "cpu"             # "cuda" (or "cuda:N"): every stage on that device; CPU paths stay fp32
+    data_workers: int = 0           # > 0: flow-matching batches are rendered in this many processes
     # bookkeeping
     checkpoint_minutes: float = 5.0
     eval_minutes: float = 10.0
@@ -125,8 +131,25 @@ class PretrainConfig:
             raise ConfigError(f"image_size must be a multiple of 16, got {self.image_size}")
         if self.minutes <= 0 or not 0 < self.vae_share < 1:
             raise ConfigError(f"minutes must be > 0 and vae_share in (0, 1), got {self.minutes}, {self.vae_share}")
+        if self.data_workers < 0:
+            raise ConfigError(f"data_workers must be >= 0, got {self.data_workers}")
         if self.vae_crop % 8 or self.vae_crop > self.image_size:
             raise ConfigError(f"vae_crop must be a multiple of 8 and <= image_size, got {self.vae_crop}")
+
+
+def resolve_device(name: str) -> torch.device:
+    """``device`` of the config as a torch device; a ConfigError names what is wrong with it."""
+    import torch
+
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, TypeError) as e:
+        raise ConfigError(f"device: {name!r} is not a torch device ({e})") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise ConfigError(f"device: {name!r}: only cpu and cuda are supported")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device: {name!r} asked for, but torch sees no CUDA device")
+    return dev
 
 
 def load_config(path_or_preset: str | Path = "world-generator", **overrides: Any) -> PretrainConfig:

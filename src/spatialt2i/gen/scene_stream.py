@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -14,7 +14,7 @@ from spatialt2i.gen.pretrain_config import PretrainConfig
 class SceneStream:
     """Fresh random world scenes (placed), their rendered images and prompts, from one RNG."""
 
-    def __init__(self, cfg: PretrainConfig, seed: int) -> None:
+    def __init__(self, cfg: PretrainConfig, seed: int | Sequence[int]) -> None:
         from spatialt2i.world.sample import SceneConfig
 
         self.cfg = cfg
@@ -82,6 +82,7 @@ class SceneStream:
         self.rng.bit_generator.state = state
 
 
-def to_pixels(imgs: np.ndarray) -> torch.Tensor:
-    """uint8 (B, H, W, 3) -> float (B, 3, H, W) in [-1, 1] (the VAE's input range)."""
-    return torch.from_numpy(imgs).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+def to_pixels(imgs: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """uint8 (B, H, W, 3) -> float (B, 3, H, W) in [-1, 1] (the VAE's input range), on ``imgs``' device."""
+    x = imgs if isinstance(imgs, torch.Tensor) else torch.from_numpy(imgs)
+    return x.permute(0, 3, 1, 2).float().div(127.5).sub(1.0)

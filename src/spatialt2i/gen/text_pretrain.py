@@ -221,7 +221,8 @@ class TextStage:
 
     def __init__(self, pipe: Any, lr: float, where_weight: float, max_length: int, hint_weight: float = 0.0) -> None:
         self.pipe = pipe
-        self.heads = SceneParseHeads(pipe.text_encoder_2.config.d_model, pipe.text_encoder.config.hidden_size)
+        self.heads = SceneParseHeads(pipe.text_encoder_2.config.d_model,
+                                     pipe.text_encoder.config.hidden_size).to(pipe.text_encoder_2.device)
         self.params = [q for m in (pipe.text_encoder_2, pipe.text_encoder, self.heads) for q in m.parameters()]
         self.opt = torch.optim.AdamW(self.params, lr=lr, weight_decay=0.0)
         self.lr, self.where_weight, self.max_length, self.hint_weight = lr, where_weight, max_length, hint_weight
@@ -229,23 +230,20 @@ class TextStage:
     def encode(self, prompts: Sequence[str], attentions: bool = False) -> tuple[torch.Tensor, torch.Tensor, Any]:
         """T5 token states, CLIP pooled vector (as ``FluxPipeline.encode_prompt`` computes them) and,
         when asked, the first T5 layer's attention probabilities."""
-        p = self.pipe
-        t5_ids = p.tokenizer_2(list(prompts), padding="max_length", max_length=self.max_length, truncation=True,
-                               return_tensors="pt").input_ids
-        clip_ids = p.tokenizer(list(prompts), padding="max_length", max_length=p.tokenizer_max_length,
-                               truncation=True, return_tensors="pt").input_ids
-        if attentions and p.text_encoder_2.config._attn_implementation != "eager":
-            p.text_encoder_2.set_attn_implementation("eager")     # sdpa returns no probabilities
-        out = p.text_encoder_2(t5_ids, output_attentions=attentions)
-        pooled = p.text_encoder(clip_ids, output_hidden_states=False).pooler_output
-        return out.last_hidden_state, pooled, out.attentions[0] if attentions else None
+        from spatialt2i.gen.fm_data import encode_ids, tokenize_prompts
+
+        t5_ids, clip_ids = tokenize_prompts(self.pipe, prompts, self.max_length)
+        return encode_ids(self.pipe, t5_ids, clip_ids, attentions)
 
     def step(self, scenes: Sequence[Any], prompts: Sequence[str], clause_spans: Sequence | None = None,
              lr_factor: float = 1.0) -> tuple[float, dict]:
         p = self.pipe
         p.text_encoder_2.train()
         p.text_encoder.train()
-        targets = parse_targets(scenes, prompts, p.tokenizer_2, self.max_length, clause_spans)
+        from spatialt2i.gen.fm_data import to_device
+
+        targets = to_device(parse_targets(scenes, prompts, p.tokenizer_2, self.max_length, clause_spans),
+                            p.text_encoder_2.device)
         hint = self.hint_weight > 0
         embeds, pooled, attn = self.encode(prompts, attentions=hint)
         loss, stats = parse_loss(self.heads, embeds, pooled, targets, self.where_weight)

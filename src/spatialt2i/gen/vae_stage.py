@@ -22,12 +22,16 @@ from spatialt2i.gen.scene_stream import SceneStream, to_pixels
 from spatialt2i.gen.schedule import lr_factor
 
 
+def _device(module: torch.nn.Module) -> torch.device:
+    return next(module.parameters()).device
+
+
 def vae_step(vae: torch.nn.Module, opt: torch.optim.Optimizer, stream: SceneStream, cfg: PretrainConfig,
              lr: float) -> float:
     """One optimiser step on a batch of ``cfg.vae_crop`` px crops of fresh scenes; returns the
     reconstruction loss."""
     _, imgs, _ = stream.batch(cfg.vae_batch)
-    x = to_pixels(imgs)
+    x = to_pixels(imgs).to(_device(vae))
     c = cfg.vae_crop
     if c < cfg.image_size:
         crops = []
@@ -64,9 +68,9 @@ def reconstruction_check(vae: torch.nn.Module, image_size: int, n: int = 64, see
     was_training = vae.training
     vae.eval()
     scenes, _ = heldout_scenes(n, seed=seed)
-    x = to_pixels(np.stack([np.asarray(render(s, image_size)) for s in scenes]))
+    x = to_pixels(np.stack([np.asarray(render(s, image_size)) for s in scenes])).to(_device(vae))
     rec = vae.decode(vae.encode(x).latent_dist.mode()).sample
-    out = ((rec.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
+    out = ((rec.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
     v = [judge(s, o) for s, o in zip(scenes, out)]
     vae.train(was_training)
     return {"presence": float(np.mean([x.presence for x in v])),
@@ -83,7 +87,7 @@ def latent_scale(vae: torch.nn.Module, stream: SceneStream, n: int = 256) -> tup
     zs = []
     for _ in range(max(1, n // 64)):
         _, imgs, _ = stream.batch(64)
-        zs.append(vae.encode(to_pixels(imgs)).latent_dist.mode())
+        zs.append(vae.encode(to_pixels(imgs).to(_device(vae))).latent_dist.mode())
     stream.set_state(rng_state)
     z = torch.cat(zs)
     shift, std = float(z.mean()), float(z.std())
@@ -117,10 +121,10 @@ def finetune_decoder(vae: torch.nn.Module, cfg: PretrainConfig, progress: Any = 
     losses = []
     for step in range(cfg.decoder_steps):
         _, imgs, _ = stream.batch(cfg.vae_batch)
-        x = to_pixels(imgs)
+        x = to_pixels(imgs).to(_device(vae))
         with torch.no_grad():
             z = vae.encode(x).latent_dist.mode()
-            z = z + cfg.decoder_latent_noise * std * torch.randn(z.shape, generator=gen)
+            z = z + cfg.decoder_latent_noise * std * torch.randn(z.shape, generator=gen).to(z.device)
         # crop in latent space (factor = VAE scale factor) and the matching pixels
         f = n // z.shape[-1]
         zc, xc = [], []
