@@ -28,6 +28,15 @@ def test_values_are_coerced_and_nested():
     o = from_dict(Outer, {"rate": 1, "maybe": 3, "maybe_old": None, "inner": {"k": 2}, "weights": {2: 1}})
     assert o.rate == 1.0 and isinstance(o.rate, float) and o.maybe == 3 and o.inner.k == 2
     assert from_dict(Outer, {"maybe": None}).maybe is None
+    # YAML 1.1 reads 1e-3 (no dot) as a string: a float field still takes it
+    assert from_dict(Outer, load_yaml_text("rate: 1e-3")).rate == 0.001
+    assert from_dict(Outer, {"rate": " -2.5E+2 "}).rate == -250.0
+
+
+def load_yaml_text(text: str) -> dict:
+    import yaml
+
+    return yaml.safe_load(text)
 
 
 @pytest.mark.parametrize("data, needle", [

@@ -6,6 +6,7 @@ Unknown keys and wrong types are errors naming the file and the key, never silen
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from pathlib import Path
@@ -90,11 +91,16 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
         return value
     if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
+    if tp is float and isinstance(value, str) and _FLOAT.fullmatch(value.strip()):
+        return float(value)         # YAML 1.1 reads "1e-3" (no dot) as a string
     if tp is int and isinstance(value, str) and value.isdigit():
         return int(value)
     if isinstance(tp, type) and not isinstance(value, tp):
         raise ConfigError(f"{where}: expected {tp.__name__}, got {value!r}")
     return value
+
+
+_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 
 
 def to_dict(obj: Any) -> dict[str, Any]:
