@@ -6,8 +6,9 @@
 1. The default world dataset: ``spatialt2i data build`` with its defaults (2000 pairs, seed 0, the
    ``data-world`` preset: paper-shaped relation counts), built once into ``--data`` (default
    ``~/.cache/spatialt2i/world-default``) and reused.
-2. The zero-shot baseline: the pretrained backbone alone (``reward/zeroshot.py``: yes/no per clause,
-   and prompt log-likelihood) on the test split -- the paper's zero-shot Qwen2.5-VL rows.
+2. The zero-shot baseline: the pretrained backbone alone (``reward/zeroshot.py``: yes/no per clause as
+   mean log-odds and as log P(all yes), and prompt log-likelihood) on the test split -- the paper's
+   zero-shot Qwen2.5-VL rows.
 3. ``reward train --config world`` from the shipped backbone (``assets/world-vlm-SIZE``, or
    ``--base-model``), wall time measured (the issue's budget: 20 minutes on the 2-core CPU).
 4. ``reward eval`` on the held-out test split with the random and oracle baselines: accuracy overall,
@@ -49,7 +50,7 @@ def zero_shot(backbone: str, data: Path, n: int) -> dict[str, dict[str, float]]:
 
     model, tok, ip = load_backbone(backbone)
     pairs = load_pairs(data, "test", n)
-    return {mode: pair_accuracy(model, tok, ip, pairs, mode=mode) for mode in ("yesno", "logp")}
+    return {mode: pair_accuracy(model, tok, ip, pairs, mode=mode) for mode in ("yesno", "allyes", "logp")}
 
 
 def learning_curve(run: Path) -> list[dict[str, float]]:

@@ -214,3 +214,45 @@ def test_finetune_probe_trains_and_reports_a_curve(tmp_path):
     assert curve[0]["step"] == 0 and curve[-1]["step"] >= 1 and len(curve) == 2
     assert all(0 <= c["acc"] <= 1 and c["n"] == 4 for c in curve) and "loss" in curve[-1]
     assert lines and lines[0].startswith("finetune ")
+
+
+def test_init_from_continues_a_saved_backbone(tmp_path):
+    """``init_from`` starts from a saved backbone's weights and position features (asset:NAME works);
+    a folder that is not a backbone is a ConfigError before anything is written."""
+    from spatialt2i.errors import ConfigError
+    from spatialt2i.reward.pretrain import pretrain
+
+    cfg = PretrainConfig(init_from="asset:world-vlm-small", minutes=0.0, eval_pairs=0, eval_questions=4, pool=4)
+    pretrain(tmp_path / "cont", cfg, log=lambda s: None)
+    a, tok, ip = load_backbone(ASSETS / "world-vlm-small")
+    b, _, _ = load_backbone(tmp_path / "cont")
+    assert posfeat.attached(b) is not None
+    sm = WorldSampler(tok, seed=3, pool=5)
+    sm.fill()
+    batch = collate([sm.sample(False, True, cfg) for _ in range(2)], tok, ip, answer_ids(tok))
+    a.eval()
+    b.eval()
+    with torch.no_grad():
+        assert torch.equal(a(**batch.inputs).logits, b(**batch.inputs).logits)
+    with pytest.raises(ConfigError, match="init_from"):
+        pretrain(tmp_path / "bad", PretrainConfig(init_from=str(tmp_path / "nothing"), minutes=0.0), log=lambda s: None)
+    assert not (tmp_path / "bad").exists()
+
+
+def test_allyes_is_the_sum_of_clause_log_probabilities():
+    """``allyes`` = sum over clauses of log sigma(log-odds of yes); ``yesno`` = their mean log-odds."""
+    from spatialt2i.reward.zeroshot import score
+    from spatialt2i.world.render import render
+    from spatialt2i.world.scene import Obj, Scene
+
+    model, tok, ip = load_backbone(ASSETS / "world-vlm-small")
+    model.eval()
+    img = render(Scene((Obj("circle", "red", "medium", 0.25, 0.3), Obj("square", "blue", "small", 0.7, 0.6))), 64)
+    c1, c2 = "the red circle is to the left of the blue square", "the blue square is above the red circle"
+    s1, s2 = (score(model, tok, ip, [c], [img], "yesno") for c in (c1, c2))
+    both = f"{c1}; {c2}"
+    torch.testing.assert_close(score(model, tok, ip, [both], [img], "yesno"), (s1 + s2) / 2)
+    torch.testing.assert_close(score(model, tok, ip, [both], [img], "allyes"),
+                               torch.nn.functional.logsigmoid(s1) + torch.nn.functional.logsigmoid(s2))
+    with pytest.raises(ValueError, match="allyes"):
+        score(model, tok, ip, [c1], [img], "nope")

@@ -23,7 +23,7 @@ def _pretrain(args: argparse.Namespace) -> int:
 
     preset = args.config or f"vlm-pretrain-{args.size or 'small'}"
     cfg = load_config(preset, size=args.size, minutes=args.minutes, pairs_data=args.pairs_data, seed=args.seed,
-                      threads=args.threads)
+                      threads=args.threads, init_from=args.init_from)
     meta = pretrain(args.out, cfg, resume=args.resume, log=lambda s: print(s, flush=True))
     if args.json:
         print(json.dumps(meta.get("history", [])[-1:] or meta))
@@ -63,6 +63,8 @@ def register(groups: dict) -> None:
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--resume", action="store_true", help="continue from OUT/_train/state.pt")
+    p.add_argument("--init-from", default=None,
+                   help="continue a saved backbone (folder or asset:NAME) under this run's schedule")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_pretrain)
 
@@ -71,7 +73,7 @@ def register(groups: dict) -> None:
     p.add_argument("--data", required=True)
     p.add_argument("--split", default="test")
     p.add_argument("--n", type=int, default=0, help="pairs to use (0: all)")
-    p.add_argument("--modes", default="yesno,logp")
+    p.add_argument("--modes", default="yesno,allyes,logp")
     p.add_argument("--threads", type=int, default=1)
     p.set_defaults(func=_zeroshot)
 

@@ -45,7 +45,9 @@ never uses. The probes are not part of the saved model.
 Metrics on held-out scenes every ``eval_every`` minutes: VQA yes/no accuracy (LM argmax over
 yes/no; full distribution and easy), clause-truth probe accuracy, gather x/y accuracy, and the
 zero-shot pair accuracy (``reward/zeroshot.py``) on a pair dataset's test split when one is given.
-Training resumes from ``OUT/_train/state.pt`` after a kill (``--resume``).
+Training resumes from ``OUT/_train/state.pt`` after a kill (``--resume``). ``init_from`` continues a
+saved backbone (a folder of this module's or ``asset:NAME``) under a new schedule: its weights and
+position features, fresh probes and optimiser; its size wins over ``size`` / ``text_layers``.
 """
 
 from __future__ import annotations
@@ -115,6 +117,7 @@ class PretrainConfig:
     pairs_data: str = ""             # pair dataset for the zero-shot metric (test split)
     seed: int = 0
     threads: int = 1
+    init_from: str = ""              # a pretrained backbone folder or asset:NAME to continue ("" = random init)
 
 
 def load_config(path_or_preset: str | None, **overrides: Any) -> PretrainConfig:
@@ -237,6 +240,26 @@ def save_backbone(model: nn.Module, tok: Any, ip: Any, out: Path, meta: dict | N
     tmp.rmdir()
 
 
+def resolve_backbone(path: str) -> Path:
+    """``asset:NAME`` -> the package's ``assets/NAME``; checks the folder is a saved backbone."""
+    from .train_config import ASSETS
+
+    p = ASSETS / path.split(":", 1)[1] if path.startswith("asset:") else Path(path)
+    if not (p / "config.json").is_file():
+        from ..errors import ConfigError
+        raise ConfigError(f"init_from {path!r}: {p} is not a saved backbone folder (no config.json)")
+    return p
+
+
+def copy_backbone(path: str, dest: Path) -> None:
+    """Copy a saved backbone's model, tokenizer, processor and position-feature files into ``dest``."""
+    src = resolve_backbone(path)
+    dest.mkdir(parents=True, exist_ok=True)
+    for f in src.iterdir():
+        if f.is_file() and f.suffix in (".json", ".safetensors", ".jinja") and f.name != "pretrain.json":
+            shutil.copy2(f, dest / f.name)
+
+
 def load_backbone(path: str | os.PathLike) -> tuple[nn.Module, Any, Any]:
     from .backbone import load_image_processor, load_tokenizer
 
@@ -260,12 +283,15 @@ def pretrain(out_dir: str | os.PathLike, cfg: PretrainConfig, resume: bool = Fal
         if state_file.is_file() and not resume:
             raise FileExistsError(f"--out {out}: a run is already there (use --resume, or a new folder)")
         resume = False
-        init_tiny(init_dir, size=cfg.size, seed=cfg.seed, layers=cfg.text_layers)
+        if cfg.init_from:
+            copy_backbone(cfg.init_from, init_dir)
+        else:
+            init_tiny(init_dir, size=cfg.size, seed=cfg.seed, layers=cfg.text_layers)
     from transformers import Qwen2_5_VLForConditionalGeneration
 
     model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
         str(init_dir), dtype=torch.float32, attn_implementation="eager" if cfg.w_hint > 0 else None)
-    pf = posfeat.new(model, seed=cfg.seed, coord_scale=cfg.coord_scale)
+    pf = posfeat.attach_if_present(model, init_dir) or posfeat.new(model, seed=cfg.seed, coord_scale=cfg.coord_scale)
     pf.merge = model.config.vision_config.spatial_merge_size
     tok, ip = load_tokenizer(str(init_dir)), load_image_processor(str(init_dir))
     probes = Probes(model.config.text_config.hidden_size)
@@ -323,7 +349,8 @@ def pretrain(out_dir: str | os.PathLike, cfg: PretrainConfig, resume: bool = Fal
         p_easy = max(p_easy, cfg.p_easy_end)
         sampler.p_canonical = max(0.0, 1.0 - progress / cfg.canonical) if cfg.canonical > 0 else 0.0
         # one kind per batch (less padding): object lists (early), VQA or statements
-        p_list = cfg.p_list_end + (cfg.p_list_start - cfg.p_list_end) * max(0.0, 1 - progress / cfg.curriculum)
+        left = max(0.0, 1 - progress / cfg.curriculum) if cfg.curriculum > 0 else 0.0
+        p_list = cfg.p_list_end + (cfg.p_list_start - cfg.p_list_end) * left
         if sampler.rng.random() < p_list:
             samples = [sampler.object_list(sampler.rng.random() < p_easy, cfg) for _ in range(cfg.batch)]
         else:

@@ -5,6 +5,10 @@ The baseline that mirrors the paper's zero-shot Qwen2.5-VL rows. Two scores of (
 * ``yesno`` -- the prompt is cut into clauses (at ". ", "; ", ", and "); each clause is asked as a
   one-turn question "<clause> ?" and the score is the mean over clauses of
   log P(yes) - log P(no) (first answer token);
+* ``allyes`` -- the same questions; the score is the log-probability that every clause is answered
+  yes, taking the answers as independent: the sum over clauses of log sigma(log P(yes) - log P(no)).
+  A clause the model is sure of adds about 0 whatever its margin, so one broken relation among many
+  is not drowned by the others' margins;
 * ``logp`` -- the mean log-likelihood per token of the prompt given the image.
 
 A pair counts as correct when the chosen image scores higher than the rejected one. The same code
@@ -67,8 +71,9 @@ def _yes_no_ids(tok: Any) -> tuple[int, int]:
 
 @torch.no_grad()
 def yesno_scores(model: Any, tok: Any, ip: Any, prompts: Sequence[str], images: Sequence[Image.Image],
-                 bs: int = 64) -> torch.Tensor:
-    """Mean over each prompt's clauses of log P(yes) - log P(no)."""
+                 bs: int = 64, aggregate: str = "mean") -> torch.Tensor:
+    """Per prompt, over its clauses: the mean of log P(yes) - log P(no) (``aggregate="mean"``) or the
+    sum of log sigma(log P(yes) - log P(no)) (``"all"``: log P(every clause is true))."""
     yes, no = _yes_no_ids(tok)
     texts, imgs, owner = [], [], []
     for i, (p, im) in enumerate(zip(prompts, images)):
@@ -85,6 +90,8 @@ def yesno_scores(model: Any, tok: Any, ip: Any, prompts: Sequence[str], images: 
         vals.append(lp[:, yes] - lp[:, no])
     v = torch.cat(vals)
     own = torch.tensor(owner)
+    if aggregate == "all":
+        return torch.zeros(len(prompts)).index_add_(0, own, torch.nn.functional.logsigmoid(v))
     out = torch.zeros(len(prompts)).index_add_(0, own, v)
     return out / torch.bincount(own, minlength=len(prompts)).clamp(min=1)
 
@@ -115,9 +122,11 @@ def score(model: Any, tok: Any, ip: Any, prompts: Sequence[str], images: Sequenc
           mode: str = "yesno") -> torch.Tensor:
     if mode == "yesno":
         return yesno_scores(model, tok, ip, prompts, images)
+    if mode == "allyes":
+        return yesno_scores(model, tok, ip, prompts, images, aggregate="all")
     if mode == "logp":
         return logp_scores(model, tok, ip, prompts, images)
-    raise ValueError(f"mode: unknown zero-shot mode {mode!r} (yesno or logp)")
+    raise ValueError(f"mode: unknown zero-shot mode {mode!r} (yesno, allyes or logp)")
 
 
 def pair_accuracy(model: Any, tok: Any, ip: Any, pairs: Pairs, mode: str = "yesno") -> dict[str, float]:
