@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import http.server
 import json
+import math
 import os
 import socket
 import threading
@@ -21,7 +22,7 @@ from spatialt2i.errors import ConfigError, EndpointError  # noqa: E402
 from spatialt2i.gen.flux import FluxGenerator  # noqa: E402
 from spatialt2i.gen.tiny import build_tiny_flux_pipeline  # noqa: E402
 from spatialt2i.rl.config import RLConfig, load_rl_config  # noqa: E402
-from spatialt2i.rl.rewards import HTTPScorer, MixScorer, OracleScorer, RedChannelScorer  # noqa: E402
+from spatialt2i.rl.rewards import HTTPScorer, MixScorer, OracleScorer, RedChannelScorer, build_scorer  # noqa: E402
 from spatialt2i.rl.trainer import GRPOTrainer  # noqa: E402
 
 torch.set_num_threads(1)
@@ -364,6 +365,13 @@ def test_oracle_scorer_and_mix() -> None:
     assert dense["reward"].tolist() == [1.5, 0.0]
     with pytest.raises(ConfigError, match="presence_weight"):
         load_rl_config("world", {"reward.presence_weight": -1})
+    # graded relations: the solver's layout holds every relation with margin >= 1, a blank image none
+    soft = build_scorer(load_rl_config("world", {"reward.soft_tau": 0.5}).reward)
+    r = soft.score([p.text] * 2, [good, blank], [p.metadata] * 2)
+    assert float(r["reward"][0]) >= 1 / (1 + math.exp(-2.0)) - 1e-6 and float(r["reward"][1]) == 0.0
+    assert r["all_correct"].tolist() == [1.0, 0.0]
+    with pytest.raises(ConfigError, match="soft_tau"):
+        load_rl_config("world", {"reward.soft_tau": -0.1})
 
 
 # ---------------------------------------------------------------- config and CLI errors

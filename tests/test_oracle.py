@@ -176,3 +176,27 @@ def test_fit_box_skips_only_sizes_that_cannot_win():
                         assert got == _fit_box(c.mask, others, c.bbox, shape, True, labels.shape, prune=False)
                         checked += 1
     assert checked > 50
+
+
+def test_relation_margins_agree_with_the_verdicts_and_grade_them():
+    """margin >= 0 exactly where judge says a relation holds (random scenes and their negatives);
+    a relation that barely fails grades above one that is far off; a missing object gives None."""
+    from spatialt2i.world.oracle import relation_margins, soft_scores
+
+    for s in _scenes(60, 5):
+        img = render(s)
+        for scene in (s, _negatives(s)):
+            v = judge(scene, img, margins=True)
+            assert [m is not None and m >= 0 for m in v.margins] == v.relations
+            assert relation_margins(scene, img) == v.margins
+    a, b = Obj("circle", "red", "small", 0.3, 0.5), Obj("square", "blue", "small", 0.5, 0.5)
+    left = Relation("left_of", (0, 1))
+    graded = []
+    for ax in (0.1, 0.35, 0.65, 0.9):  # the red circle moves right past the blue square
+        s = Scene((Obj("circle", "red", "small", ax, 0.5), b), (left,))
+        graded.append(relation_margins(s, render(s))[0])
+    assert graded[0] > graded[1] > 0 > graded[2] >= graded[3]
+    gone = Scene((a, b), (left,))
+    img = render(Scene((b,)))
+    assert relation_margins(gone, img) == [None]
+    assert soft_scores([None, 0.0, 4.0, -4.0], 0.5) == pytest.approx([0.0, 0.5, 0.99966, 0.00034], abs=1e-4)

@@ -113,6 +113,7 @@ class RewardSettings:
     batch_size: int = 0
     weights: dict[str, float] = field(default_factory=dict)   # kind mix: {component kind: weight}
     presence_weight: float = 0.0  # oracle: reward = relation share + this x object presence
+    soft_tau: float = 0.0         # oracle: > 0 grades each relation sigmoid(margin / soft_tau) instead of 0/1
 
     def __post_init__(self) -> None:
         kinds = ("oracle", "spatialscore", "http", "red", "mix")
@@ -127,6 +128,8 @@ class RewardSettings:
             raise ConfigError(f"reward.retries must be >= 0, got {self.retries}")
         if self.presence_weight < 0:
             raise ConfigError(f"reward.presence_weight must be >= 0, got {self.presence_weight}")
+        if self.soft_tau < 0:
+            raise ConfigError(f"reward.soft_tau must be >= 0 (0: relations count 0/1), got {self.soft_tau}")
 
 
 @dataclass

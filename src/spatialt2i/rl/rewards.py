@@ -58,16 +58,25 @@ def _check_batch(prompts: Sequence[str], images: Sequence[Any], metadata: Sequen
 class OracleScorer:
     """The world oracle: reward = share of the prompt's relations that hold in the image, plus
     ``presence_weight`` x the share of its objects that are drawn (a denser signal for a generator
-    that often leaves objects out: a relation with a missing object simply fails)."""
+    that often leaves objects out: a relation with a missing object simply fails).
 
-    def __init__(self, presence_weight: float = 0.0) -> None:
+    ``soft_tau`` > 0 grades each relation instead of counting it 0/1: sigmoid(margin / soft_tau),
+    the margin in the rules' own units (``world.oracle.relation_margins``; 0 = on the rule's edge,
+    1 = the layout solver's safety margin), 0 for a relation with a missing object. A sample that
+    moves an object the right way then outscores its group mates before the relation flips.
+    ``all_correct`` is always the 0/1 verdict."""
+
+    def __init__(self, presence_weight: float = 0.0, soft_tau: float = 0.0) -> None:
         if presence_weight < 0:
             raise ConfigError(f"oracle reward: presence_weight must be >= 0, got {presence_weight}")
+        if soft_tau < 0:
+            raise ConfigError(f"oracle reward: soft_tau must be >= 0, got {soft_tau}")
         self.presence_weight = float(presence_weight)
+        self.soft_tau = float(soft_tau)
 
     def score(self, prompts: Sequence[str], images: Sequence[Image.Image],
               metadata: Sequence[dict[str, Any]]) -> Scores:
-        from spatialt2i.world.oracle import judge
+        from spatialt2i.world.oracle import judge, soft_scores
         from spatialt2i.world.scene import Scene
 
         _check_batch(prompts, images, metadata)
@@ -75,9 +84,16 @@ class OracleScorer:
         for i, (img, meta) in enumerate(zip(images, metadata)):
             if "scene" not in meta:
                 raise ValueError(f"oracle reward: metadata[{i}] has no 'scene' (world prompts carry one)")
-            verdicts.append(judge(Scene.from_json(meta["scene"], f"metadata[{i}].scene"), img))
+            verdicts.append(judge(Scene.from_json(meta["scene"], f"metadata[{i}].scene"), img,
+                                  margins=self.soft_tau > 0))
+
+        def share(v) -> float:
+            if self.soft_tau > 0 and v.relations:
+                return float(np.mean(soft_scores(v.margins, self.soft_tau)))
+            return v.score
+
         return {
-            "reward": torch.tensor([v.score + self.presence_weight * v.presence for v in verdicts],
+            "reward": torch.tensor([share(v) + self.presence_weight * v.presence for v in verdicts],
                                    dtype=torch.float32),
             "all_correct": torch.tensor([float(v.all_correct) for v in verdicts]),
             "presence": torch.tensor([v.presence for v in verdicts], dtype=torch.float32),
@@ -208,7 +224,7 @@ def build_scorer(cfg: Any, device: str | torch.device = "cpu") -> Scorer:
 
     def one(kind: str) -> Scorer:
         if kind == "oracle":
-            return OracleScorer(cfg.presence_weight)
+            return OracleScorer(cfg.presence_weight, cfg.soft_tau)
         if kind == "red":
             return RedChannelScorer()
         if kind == "spatialscore":

@@ -3,6 +3,10 @@
 It detects each named object (``world.detect``) and applies the public relation rules of
 ``world.geometry`` (``m = 0``) to the detected boxes. Occlusion: the two detected shapes' templates
 overlap, and the overlap shows the front object's colour. A relation with an absent object is false.
+
+:func:`relation_margins` grades the same verdicts: per relation, the largest rule margin ``m`` (the
+geometry's units: the layout solver draws with ``m = 1``) at which it still holds, so a relation that
+barely fails scores above one that is far off (a denser reward for RL; see ``soft_scores``).
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ class Verdict:
     relations: list[bool]                 # one per scene relation
     present: list[bool]                   # one per scene object
     detections: list[Detection | None] = field(repr=False, default_factory=list)
+    margins: list[float | None] | None = None   # with judge(..., margins=True): see relation_margins
 
     @property
     def score(self) -> float:
@@ -98,13 +103,59 @@ class _Reader:
         return bool(G.box_relation(r.kind, geo, tuple(range(len(geo))), r.region, 0.0))
 
 
-def judge(scene: Scene, image: Image.Image | np.ndarray) -> Verdict:
-    """Check every relation and object of ``scene`` (positions in it are ignored) against ``image``."""
+MARGIN_LIMIT = 4.0
+
+
+def _margin(holds, lo: float = -MARGIN_LIMIT, hi: float = MARGIN_LIMIT, iters: int = 12) -> float:
+    """sup{m in [lo, hi]: holds(m)} by bisection (the rules only get stricter as m grows); ``lo`` when
+    it fails everywhere, ``hi`` when it holds everywhere."""
+    if holds(hi):
+        return hi
+    if not holds(lo):
+        return lo
+    at_zero = holds(0.0)
+    for _ in range(iters):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if holds(mid) else (lo, mid)
+    return max(lo, 0.0) if at_zero else min(lo, -1e-6)  # the sign agrees with the m = 0 rule
+
+
+def _margins(rd: "_Reader") -> list[float | None]:
+    out: list[float | None] = []
+    for r in rd.scene.relations:
+        dets = [rd.det(i) for i in r.objects]
+        if any(d is None for d in dets):
+            out.append(None)
+        elif r.kind in ("in_front_of", "behind"):
+            out.append(1.0 if rd.holds(r) else -1.0)
+        else:
+            geo = [d.geometry(rd.size) for d in dets]
+            idx = tuple(range(len(geo)))
+            out.append(_margin(lambda m: bool(G.box_relation(r.kind, geo, idx, r.region, m))))
+    return out
+
+
+def relation_margins(scene: Scene, image: Image.Image | np.ndarray) -> list[float | None]:
+    """Per relation of ``scene``: its signed margin in ``image`` (see the module docstring), clipped to
+    +-``MARGIN_LIMIT``; ``None`` when one of its objects is not drawn. In front of / behind have no
+    graded rule: +1 when the relation holds, -1 when not. ``margin >= 0`` exactly when :func:`judge`
+    says the relation holds."""
+    return judge(scene, image, margins=True).margins
+
+
+def soft_scores(margins: Sequence[float | None], tau: float) -> list[float]:
+    """sigmoid(margin / tau) per relation, 0 for a relation with a missing object."""
+    return [0.0 if m is None else float(1.0 / (1.0 + np.exp(-m / tau))) for m in margins]
+
+
+def judge(scene: Scene, image: Image.Image | np.ndarray, margins: bool = False) -> Verdict:
+    """Check every relation and object of ``scene`` (positions in it are ignored) against ``image``;
+    with ``margins``, also grade each relation (:func:`relation_margins`) from the same detections."""
     rd = _Reader(scene, image)
     rd.label(range(len(scene.objects)))  # every object is looked for
     out = [rd.holds(r) for r in scene.relations]
     dets = [rd.det(i) for i in range(len(scene.objects))]
-    return Verdict(out, [d is not None for d in dets], dets)
+    return Verdict(out, [d is not None for d in dets], dets, _margins(rd) if margins else None)
 
 
 def violates(scene: Scene, image: Image.Image | np.ndarray, first: Sequence[int] = ()) -> bool:
