@@ -368,7 +368,7 @@ def test_oracle_scorer_and_mix() -> None:
     # graded relations: the solver's layout holds every relation with margin >= 1, a blank image none
     soft = build_scorer(load_rl_config("world", {"reward.soft_tau": 0.5}).reward)
     r = soft.score([p.text] * 2, [good, blank], [p.metadata] * 2)
-    assert float(r["reward"][0]) >= 1 / (1 + math.exp(-2.0)) - 1e-6 and float(r["reward"][1]) == 0.0
+    assert float(r["reward"][0]) >= 1 / (1 + math.exp(-2.0)) - 1e-3 and float(r["reward"][1]) == 0.0
     assert r["all_correct"].tolist() == [1.0, 0.0]
     with pytest.raises(ConfigError, match="soft_tau"):
         load_rl_config("world", {"reward.soft_tau": -0.1})

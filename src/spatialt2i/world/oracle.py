@@ -103,10 +103,10 @@ class _Reader:
         return bool(G.box_relation(r.kind, geo, tuple(range(len(geo))), r.region, 0.0))
 
 
-MARGIN_LIMIT = 4.0
+MARGIN_LIMIT = 16.0   # wide enough for the directional rules: a wrong-way offset is about -12
 
 
-def _margin(holds, lo: float = -MARGIN_LIMIT, hi: float = MARGIN_LIMIT, iters: int = 12) -> float:
+def _margin(holds, lo: float = -MARGIN_LIMIT, hi: float = MARGIN_LIMIT, iters: int = 14) -> float:
     """sup{m in [lo, hi]: holds(m)} by bisection (the rules only get stricter as m grows); ``lo`` when
     it fails everywhere, ``hi`` when it holds everywhere."""
     if holds(hi):
