@@ -30,7 +30,7 @@ def run_rl(generator: str, out: Path, overrides: dict[str, Any], minutes: float 
     from spatialt2i.rl.cli import load_generator
     from spatialt2i.rl.config import load_rl_config
     from spatialt2i.rl.prompts import heldout_prompts
-    from spatialt2i.rl.rewards import SpatialScoreScorer, build_scorer
+    from spatialt2i.rl.rewards import build_scorer
     from spatialt2i.rl.trainer import GRPOTrainer
 
     ov = {"eval_every": 0, "prompts.eval_prompts": eval_n, **overrides}
