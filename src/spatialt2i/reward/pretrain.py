@@ -242,9 +242,9 @@ def save_backbone(model: nn.Module, tok: Any, ip: Any, out: Path, meta: dict | N
 
 def resolve_backbone(path: str) -> Path:
     """``asset:NAME`` -> the package's ``assets/NAME``; checks the folder is a saved backbone."""
-    from .train_config import ASSETS
+    from .train_config import resolve_asset
 
-    p = ASSETS / path.split(":", 1)[1] if path.startswith("asset:") else Path(path)
+    p = Path(resolve_asset(path))
     if not (p / "config.json").is_file():
         from ..errors import ConfigError
         raise ConfigError(f"init_from {path!r}: {p} is not a saved backbone folder (no config.json)")

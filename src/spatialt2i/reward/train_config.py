@@ -88,9 +88,12 @@ class RewardTrainConfig:
 
     def resolved_base_model(self) -> str:
         """``base_model`` with ``asset:NAME`` mapped to the package's ``assets/NAME`` folder."""
-        if self.base_model.startswith("asset:"):
-            return str(ASSETS / self.base_model.split(":", 1)[1])
-        return self.base_model
+        return resolve_asset(self.base_model)
+
+
+def resolve_asset(path: str) -> str:
+    """``asset:NAME`` -> the package's ``assets/NAME`` folder; any other path unchanged."""
+    return str(ASSETS / path.split(":", 1)[1]) if path.startswith("asset:") else path
 
 
 def load_train_config(name_or_path: str, overrides: dict[str, Any] | None = None) -> RewardTrainConfig:

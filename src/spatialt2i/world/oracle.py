@@ -120,14 +120,14 @@ def _margin(holds, lo: float = -MARGIN_LIMIT, hi: float = MARGIN_LIMIT, iters: i
     return max(lo, 0.0) if at_zero else min(lo, -1e-6)  # the sign agrees with the m = 0 rule
 
 
-def _margins(rd: "_Reader") -> list[float | None]:
+def _margins(rd: "_Reader", verdicts: Sequence[bool]) -> list[float | None]:
     out: list[float | None] = []
-    for r in rd.scene.relations:
+    for r, ok in zip(rd.scene.relations, verdicts):
         dets = [rd.det(i) for i in r.objects]
         if any(d is None for d in dets):
             out.append(None)
         elif r.kind in ("in_front_of", "behind"):
-            out.append(1.0 if rd.holds(r) else -1.0)
+            out.append(1.0 if ok else -1.0)
         else:
             geo = [d.geometry(rd.size) for d in dets]
             idx = tuple(range(len(geo)))
@@ -155,7 +155,7 @@ def judge(scene: Scene, image: Image.Image | np.ndarray, margins: bool = False) 
     rd.label(range(len(scene.objects)))  # every object is looked for
     out = [rd.holds(r) for r in scene.relations]
     dets = [rd.det(i) for i in range(len(scene.objects))]
-    return Verdict(out, [d is not None for d in dets], dets, _margins(rd) if margins else None)
+    return Verdict(out, [d is not None for d in dets], dets, _margins(rd, out) if margins else None)
 
 
 def violates(scene: Scene, image: Image.Image | np.ndarray, first: Sequence[int] = ()) -> bool:
