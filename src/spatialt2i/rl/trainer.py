@@ -7,16 +7,17 @@ One iteration, on each rank:
    samples. A group never leaves its rank.
 2. **Advantages**: per group, keep the top-k and bottom-k (``rl.advantages.compute_advantages``),
    normalise over the group or the kept subset, clip.
-3. **Update**: the kept samples of all this rank's groups are replayed on the trained rollout
-   steps in few batched passes (``FluxGenerator.replay``: all trained steps stacked on the batch,
-   the same ``forward`` as the rollout, so before the first update the ratio is exactly 1), with
-   the stored rollout log-probs as the old policy. PPO-clipped loss plus optional KL to the
-   reference (the same network with the LoRA disabled). The loss is a sum over rows divided by the
-   number of rows over all ranks, and LoRA gradients are summed over ranks, so W processes take
-   exactly the step one process takes on the same groups. When the update is exactly the rollout's
-   forward (one optimizer step, no KL, no LoRA dropout) and the model is small, the rollout keeps
-   the autograd graph of the trained steps and the update backpropagates through it instead of
-   replaying them (``train.reuse_rollout_graph``, :func:`reuse_rollout_graph`; same update, tested).
+3. **Update** (:mod:`spatialt2i.rl.update`): the kept samples of all this rank's groups are
+   replayed on the trained rollout steps in few batched passes (``FluxGenerator.replay``: all
+   trained steps stacked on the batch, the same ``forward`` as the rollout, so before the first
+   update the ratio is exactly 1), with the stored rollout log-probs as the old policy. PPO-clipped
+   loss plus optional KL to the reference (the same network with the LoRA disabled). The loss is a
+   sum over rows divided by the number of rows over all ranks, and LoRA gradients are summed over
+   ranks, so W processes take exactly the step one process takes on the same groups. When the
+   update is exactly the rollout's forward (one optimizer step, no KL, no LoRA dropout) and the
+   model is small, the rollout keeps the autograd graph of the trained steps and the update
+   backpropagates through it instead of replaying them (``train.reuse_rollout_graph``,
+   :func:`reuse_rollout_graph`; same update, tested).
 
 Every iteration's prompts and seeds are a pure function of ``(seed, iteration, group index)``;
 with the optimizer and EMA state in the checkpoint a resumed run continues identically.
@@ -26,7 +27,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -36,16 +36,16 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.distributed as dist
 
 from spatialt2i.errors import ConfigError
 from spatialt2i.gen.flux import FluxGenerator, Trajectory
 from spatialt2i.metrics_log import MetricsLog
-from spatialt2i.rl.advantages import compute_advantages, gaussian_kl_same_std, grpo_clipped_loss, zero_std_groups
+from spatialt2i.rl.advantages import compute_advantages
 from spatialt2i.rl.config import RLConfig
 from spatialt2i.rl.checkpoint import checkpoint_dirs, read_checkpoint, write_checkpoint
-from spatialt2i.rl.lora import adapter_disabled, add_lora, lora_state_dict, save_lora
+from spatialt2i.rl.lora import add_lora, lora_state_dict, save_lora
 from spatialt2i.rl.rewards import RewardError, Scorer
+from spatialt2i.rl.update import all_sum, iteration_stats, optimizer_step, policy_update, rank_world
 
 log = logging.getLogger(__name__)
 
@@ -77,22 +77,6 @@ class Group:
 def group_seeds(seed: int, iteration: int, group: int, size: int) -> list[int]:
     """Per-sample seeds of a group: independent of how groups are spread over ranks."""
     return [int(s) for s in np.random.SeedSequence([seed, iteration, group]).generate_state(size)]
-
-
-def _dist() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def _all_sum(t: torch.Tensor) -> torch.Tensor:
-    """Sum of a small CPU tensor over ranks (through the GPU when the backend is NCCL)."""
-    if _dist()[1] > 1:
-        dev = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else t.device
-        buf = t.to(dev, copy=True)
-        dist.all_reduce(buf, op=dist.ReduceOp.SUM)
-        t = buf.to(t.device)
-    return t
 
 
 GRAPH_REUSE_MAX_PARAMS = 50_000_000   # "auto" keeps rollout graphs only for models this small
@@ -130,7 +114,7 @@ class GRPOTrainer:
         self.gen = gen
         self.scorer = scorer
         self.out = Path(out_dir) if out_dir is not None else None
-        self.rank, self.world = _dist()
+        self.rank, self.world = rank_world()
         self.steps = cfg.trained_steps()
         if max(self.steps) >= cfg.sample.steps:
             raise ConfigError(f"train.train_steps {self.steps} exceed sample.steps={cfg.sample.steps}")
@@ -203,99 +187,13 @@ class GRPOTrainer:
 
     def update(self, groups: Sequence[Group]) -> dict[str, float]:
         """One GRPO update on this rank's ``groups`` (rewards filled); returns logging stats."""
-        tc = self.cfg.train
         rewards, adv, mask = self.advantages(groups) if groups else (torch.zeros(0, 1),) * 3
-        kept = [torch.nonzero(m).flatten() for m in mask]
-        if groups:
-            batch = Trajectory.cat([g.traj.select(k) for g, k in zip(groups, kept)])
-            batch_adv = torch.cat([a[k] for a, k in zip(adv, kept)])
-        n_steps = len(self.steps)
-        # optimizer step u trains on the u-th slice of every group's kept samples, so the split does
-        # not depend on how groups are spread over ranks; global rows per step for the loss scale
-        offsets = np.cumsum([0] + [len(k) for k in kept])
-        chunks = [torch.cat([torch.arange(offsets[i], offsets[i + 1]).tensor_split(tc.updates_per_iteration)[u]
-                             for i in range(len(kept))]) if kept else torch.zeros(0, dtype=torch.long)
-                  for u in range(tc.updates_per_iteration)]
-        rows_global = _all_sum(torch.tensor([len(c) * n_steps for c in chunks], dtype=torch.float64))
-        sums = {"loss": 0.0, "policy_loss": 0.0, "kl": 0.0, "clip_frac": 0.0, "approx_kl": 0.0,
-                "ratio": 0.0, "rows": 0.0}
-        self.gen.transformer.train()
-        for ci, chunk in enumerate(chunks):
-            denom = float(rows_global[ci])
-            if denom == 0:
-                continue
-            if tc.kl_coef == 0 and len(chunk):
-                # a zero advantage contributes no gradient (zero-std groups, ties at the mean):
-                # skip those rows' passes; they still count in the denominator like in a full pass
-                chunk = chunk[batch_adv[chunk] != 0]
-            graph = batch.graph_log_probs if groups else None
-            # the rollout's own graph (reuse_graph): one backward over all rows, no forward pass again
-            mb = len(chunk) if graph is not None else (tc.micro_batch or max(len(chunk), 1))
-            for start in range(0, len(chunk), max(mb, 1)):
-                idx = chunk[start:start + mb]
-                rows = len(idx) * n_steps
-                if graph is not None:
-                    lp, mean, std = graph[idx], None, None
-                else:
-                    lp, mean, std = self.gen.replay(batch, self.steps, index=idx)
-                old = batch.log_probs[idx][:, self.steps]
-                a = batch_adv[idx, None].to(lp.device).expand_as(lp)
-                policy, st = grpo_clipped_loss(lp, old, a, tc.clip_range)
-                loss = policy
-                kl = torch.zeros(())
-                if tc.kl_coef > 0:
-                    with torch.no_grad(), adapter_disabled(self.gen.transformer):
-                        _, ref_mean, _ = self.gen.replay(batch, self.steps, index=idx)
-                    kl = gaussian_kl_same_std(mean, ref_mean, std).mean()
-                    loss = loss + tc.kl_coef * kl
-                (loss * (rows / denom)).backward()
-                for key, val in (("loss", loss), ("policy_loss", policy), ("kl", kl), *st.items()):
-                    sums[key] += float(val.detach()) * rows
-                sums["rows"] += rows
-            self._optimizer_step()
-        self.gen.transformer.eval()
-        stats = self._stats(rewards, mask, sums)
-        return stats
+        sums = policy_update(self.gen, self.steps, [g.traj for g in groups], adv, mask, self.cfg.train,
+                             self._optimizer_step)
+        return iteration_stats(rewards, mask, sums)
 
     def _optimizer_step(self) -> None:
-        if self.world > 1:
-            grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
-            flat = torch.cat([g.flatten() for g in grads])
-            dist.all_reduce(flat, op=dist.ReduceOp.SUM)
-            off = 0
-            for p in self.params:
-                n = p.numel()
-                p.grad = flat[off:off + n].view_as(p).clone()
-                off += n
-        if self.cfg.train.max_grad_norm > 0:
-            torch.nn.utils.clip_grad_norm_(self.params, self.cfg.train.max_grad_norm)
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        if self.ema is not None:
-            d = self.cfg.train.ema_decay
-            with torch.no_grad():
-                for e, p in zip(self.ema, self.params):
-                    e.mul_(d).add_(p.detach(), alpha=1 - d)
-
-    def _stats(self, rewards: torch.Tensor, mask: torch.Tensor, sums: dict[str, float]) -> dict[str, float]:
-        tot = _all_sum(torch.tensor(list(sums.values()), dtype=torch.float64)).tolist()
-        sums = dict(zip(sums, tot))
-        rows = max(sums.pop("rows"), 1.0)
-        out = {k: v / rows for k, v in sums.items()}
-        r = rewards.double()
-        m = mask.double()
-        flat = torch.tensor([r.sum(), (r * r).sum(), r.numel(), (r * m).sum(), (r * r * m).sum(), m.sum(),
-                             float(zero_std_groups(rewards).sum()) if rewards.numel() else 0.0,
-                             float(r.shape[0])], dtype=torch.float64)
-        s, s2, n, ks, ks2, kn, zero, ng = _all_sum(flat).tolist()
-        out["reward_mean"] = s / max(n, 1)
-        out["reward_std"] = math.sqrt(max(s2 / max(n, 1) - out["reward_mean"] ** 2, 0.0))
-        out["kept_reward_mean"] = ks / max(kn, 1)
-        out["kept_reward_std"] = math.sqrt(max(ks2 / max(kn, 1) - out["kept_reward_mean"] ** 2, 0.0))
-        out["kept_samples"] = kn
-        out["zero_std_groups"] = zero
-        out["groups"] = ng
-        return out
+        optimizer_step(self.params, self.optimizer, self.ema, self.cfg.train, self.world)
 
     # ------------------------------------------------------------------ EMA, eval
     def _swap_ema(self) -> None:
@@ -403,7 +301,7 @@ class GRPOTrainer:
                     bar.set_postfix(reward=f"{stats['reward_mean']:.3f}", clip=f"{stats['clip_frac']:.2f}",
                                     kl=f"{stats['approx_kl']:.1e}")
                 timed_out = max_minutes is not None and time.monotonic() - t0 > 60 * max_minutes
-                timed_out = bool(_all_sum(torch.tensor([float(timed_out)])) > 0)  # all ranks stop together
+                timed_out = bool(all_sum(torch.tensor([float(timed_out)])) > 0)  # all ranks stop together
                 if (self.iteration % max(self.cfg.checkpoint_every, 1) == 0 or timed_out
                         or self.iteration == stop_at):
                     self.save_checkpoint()
