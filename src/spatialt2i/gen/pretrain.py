@@ -25,9 +25,10 @@ Every stage runs on ``device`` (``--device cuda``; CPU paths stay fp32). On a GP
 render and tokenise scenes as fast as the tiny transformer trains, so ``data_workers`` processes
 make the flow-matching batches (:mod:`spatialt2i.gen.fm_data`). Each stage is budgeted in minutes
 of wall time (``--minutes`` is the total). Every few minutes a training state (all weights,
-optimiser, step, data RNG) is written to ``DIR/train_state/`` so a killed run resumes with
-``--resume``; metrics go to TensorBoard (``DIR/logs``) and a JSON-lines log. The final pipeline is
-saved with ``save_pretrained`` in ``DIR`` and loads with ``FluxPipeline.from_pretrained(DIR)``.
+optimiser, step, data RNG; :mod:`spatialt2i.gen.pretrain_state`) is written to ``DIR/train_state/``
+so a killed run resumes with ``--resume``; metrics go to TensorBoard (``DIR/logs``) and a
+JSON-lines log. The final pipeline is saved with ``save_pretrained`` in ``DIR`` and loads with
+``FluxPipeline.from_pretrained(DIR)``.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ import torch
 from spatialt2i.gen.pretrain_config import (
     DEFAULT_MAX_SEQUENCE_LENGTH, SHIPPED_GENERATOR, DataConfig, ModelConfig, PretrainConfig, load_config,
     resolve_device, world_generator_path)
+from spatialt2i.gen.pretrain_state import has_state, load_state, save_state
 from spatialt2i.gen.scene_stream import SceneStream, to_pixels
 from spatialt2i.gen.schedule import lr_factor, shifted_sigmas
 from spatialt2i.gen.tiny import build_world_pipeline
@@ -104,7 +106,7 @@ class Pretrainer:
 
             self.ema = EMAModel(self._fm_params(), decay=cfg.ema_decay, use_ema_warmup=cfg.ema_warmup)
         self.history: list[dict] = []
-        if resume and (self.state_dir / "state.pt").is_file():
+        if resume and has_state(self.state_dir):
             self._load_state()
         elif (self.out / "model_index.json").exists() and not resume:
             pass  # a finished pipeline there gets overwritten at the end
@@ -131,42 +133,10 @@ class Pretrainer:
 
     # ------------------------------------------------------------ state
     def _save_state(self) -> None:
-        self.state_dir.mkdir(parents=True, exist_ok=True)
-        p = self.pipe
-        state = {
-            "stage": self.stage, "step": self.step, "elapsed": self.elapsed,
-            "vae": p.vae.state_dict(), "transformer": p.transformer.state_dict(),
-            "t5": p.text_encoder_2.state_dict(), "clip": p.text_encoder.state_dict(),
-            "vae_config": {"scaling_factor": p.vae.config.scaling_factor, "shift_factor": p.vae.config.shift_factor},
-            "vae_opt": self.vae_opt.state_dict(), "fm_opt": self.fm_opt.state_dict(),
-            "data_rng": self.stream.state(), "torch_rng": torch.get_rng_state(),
-            "config": dataclasses.asdict(self.cfg),
-            "ema": self.ema.state_dict() if self.ema is not None else None,
-            "text_stage": self.text_stage.state_dict() if self.text_stage is not None else None,
-        }
-        tmp = self.state_dir / "state.pt.tmp"
-        torch.save(state, tmp)
-        tmp.replace(self.state_dir / "state.pt")
+        save_state(self)
 
     def _load_state(self) -> None:
-        s = torch.load(self.state_dir / "state.pt", map_location="cpu", weights_only=False)
-        p = self.pipe
-        p.vae.load_state_dict(s["vae"])
-        p.transformer.load_state_dict(s["transformer"])
-        p.text_encoder_2.load_state_dict(s["t5"])
-        p.text_encoder.load_state_dict(s["clip"])
-        p.vae.register_to_config(**s["vae_config"])
-        self.vae_opt.load_state_dict(s["vae_opt"])
-        self.fm_opt.load_state_dict(s["fm_opt"])
-        self.stream.set_state(s["data_rng"])
-        if self.ema is not None and s.get("ema") is not None:
-            self.ema.load_state_dict(s["ema"])
-            self.ema.to(self.device)
-        if self.text_stage is not None and s.get("text_stage") is not None:
-            self.text_stage.load_state_dict(s["text_stage"])
-        torch.set_rng_state(s["torch_rng"])
-        self.stage, self.step = s["stage"], int(s["step"])
-        self.elapsed.update(s["elapsed"])
+        load_state(self)
         self._say(f"resumed: stage {self.stage}, step {self.step}, "
                   f"{sum(self.elapsed.values()) / 60:.1f} min done")
 
