@@ -256,3 +256,101 @@ def test_allyes_is_the_sum_of_clause_log_probabilities():
                                torch.nn.functional.logsigmoid(s1) + torch.nn.functional.logsigmoid(s2))
     with pytest.raises(ValueError, match="allyes"):
         score(model, tok, ip, [c1], [img], "nope")
+
+
+def test_group_weights_and_overlap_scenes_steer_the_questions(tiny):
+    """``group_weights`` only asks about the groups given weight; ``p_overlap`` draws scenes with an
+    object in front of another, so depth can be asked at all; a bad weight is an error naming it."""
+    from spatialt2i.errors import ConfigError
+    from spatialt2i.reward.pretrain import load_config
+    from spatialt2i.reward.pretrain_data import GROUP_OF, GROUP_WEIGHTS, group_weights_of
+    from spatialt2i.world.truth import relation_holds
+
+    tok = tiny[1]
+    only_depth = {g: float(g == "depth") for g in GROUP_WEIGHTS}
+    sm = WorldSampler(tok, seed=5, pool=40, group_weights=only_depth, p_overlap=1.0)
+    sm.fill()
+    assert sm.deep and sm.deep < set(range(40))
+    kinds = []
+    for _ in range(30):
+        scene = sm.scene(False)
+        rels = sm.clauses(scene, scene, 3, False, 0.0)
+        assert rels, "an overlap scene always has a depth relation to ask"
+        for rel, truth in rels:
+            assert truth == 1 and relation_holds(scene, rel, 1.0)
+            kinds.append(GROUP_OF[rel.kind])
+    assert set(kinds) == {"depth"}
+    with pytest.raises(ValueError, match="unknown relation group 'colour'"):
+        group_weights_of({"colour": 1.0})
+    with pytest.raises(ValueError, match="group_weights.depth"):
+        group_weights_of({"depth": -1})
+    with pytest.raises(ConfigError, match="p_overlap"):
+        load_config("vlm-pretrain-small", p_overlap=1.5)
+    assert load_config("vlm-pretrain-small-depth").group_weights == {"depth": 1.0}
+
+
+def test_occlusion_targets_follow_the_depth_relations(tiny):
+    """The front object of every visible in-front-of relation hides part of the back one, per object and
+    per cell; two overlapping objects of one colour show nothing and count as no occlusion."""
+    from spatialt2i.reward.occlusion import COLOUR_INDEX, NCOL, cell_targets, object_occlusion, occlusion_maps
+    from spatialt2i.reward.pretrain_data import GROUP_OF
+    from spatialt2i.world.sample import true_relations
+    from spatialt2i.world.scene import Obj, Scene
+
+    sm = WorldSampler(tiny[1], seed=4, pool=30, p_overlap=1.0)
+    sm.fill()
+    checked = 0
+    for _ in range(20):
+        scene = sm.scene(False)
+        occ = object_occlusion(scene)
+        cells = cell_targets(*occlusion_maps(scene), 4, 4)
+        for rel in true_relations(scene, 1.0):
+            if GROUP_OF[rel.kind] != "depth":
+                continue
+            a, b = rel.objects
+            if scene.objects[a].colour == scene.objects[b].colour:
+                continue
+            front, back = (a, b) if rel.kind == "in_front_of" else (b, a)
+            assert occ[front][1] == 1 and occ[back][0] == 1
+            hid = cells[:, COLOUR_INDEX[scene.objects[back].colour]]
+            cov = cells[:, NCOL + COLOUR_INDEX[scene.objects[front].colour]]
+            assert (hid * cov).any()            # some cell holds both the hidden part and its coverer
+            checked += 1
+    assert checked >= 10
+    same = Scene((Obj("square", "red", "large", 0.5, 0.5, 0), Obj("circle", "red", "large", 0.55, 0.5, 1)))
+    assert object_occlusion(same) == [(0, 0), (0, 0)]
+    assert not cell_targets(*occlusion_maps(same), 4, 4).any()
+    other = Scene((Obj("square", "red", "large", 0.5, 0.5, 0), Obj("circle", "blue", "large", 0.55, 0.5, 1)))
+    assert object_occlusion(other) == [(1, 0), (0, 1)]
+    with pytest.raises(ValueError, match="3x3 grid"):
+        cell_targets(*occlusion_maps(other), 3, 3)
+
+
+def test_occlusion_probes_train(tiny):
+    """With ``w_occlusion`` the batch carries per-token and per-mention targets and their loss falls."""
+    model, tok, ip = tiny
+    torch.manual_seed(0)
+    cfg = PretrainConfig(batch=8, w_occlusion=1.0)
+    sm = WorldSampler(tok, seed=6, pool=20, p_overlap=1.0, occlusion=True)
+    sm.fill()
+    b = collate([sm.sample(False, i % 2 == 0, cfg) for i in range(8)], tok, ip, answer_ids(tok))
+    assert b.occ_cells.shape == (8 * 16, 18) and len(b.occ_pos) == 8 * 16
+    pad = tok.convert_tokens_to_ids("<|image_pad|>")
+    assert (b.inputs["input_ids"][b.occ_pos[:, 0], b.occ_pos[:, 1]] == pad).all()
+    assert b.occ_cells.sum() > 0 and (b.mention[:, 6:8] == 1).any()
+    probes = Probes(model.config.text_config.hidden_size)
+    params = list(model.parameters()) + list(posfeat.attached(model).parameters()) + list(probes.parameters())
+    opt = torch.optim.AdamW(params, lr=2e-3)
+    first = last = None
+    for _ in range(10):
+        loss, logs = forward_losses(model, probes, b, cfg)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        first = first or logs
+        last = logs
+    assert last["occ"] < 0.8 * first["occ"]
+    ps = WorldSampler(tok, seed=6, pool=5)
+    ps.fill()
+    plain = collate([ps.sample(False, True, cfg)], tok, ip, answer_ids(tok))
+    assert len(plain.occ_pos) == 0 and (plain.mention[:, 6] == -1).all()

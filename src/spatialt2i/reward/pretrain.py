@@ -70,8 +70,11 @@ from torch import nn
 from . import posfeat
 from .attn_hints import default_layers, hint_losses
 from .pretrain_batch import Batch, answer_ids, collate
-from .pretrain_data import NCELL, N_MENTION, SIZE_NAMES, WorldSampler
+from .occlusion import NCOL
+from .pretrain_data import NCELL, N_MENTION, SIZE_NAMES, WorldSampler, group_weights_of
 from .pretrain_eval import evaluate, make_eval_sets
+
+OCC_POS_WEIGHT = 8.0     # a cell's occlusion bits are ~2 % positive
 
 STATE_DIR = "_train"
 
@@ -118,14 +121,27 @@ class PretrainConfig:
     seed: int = 0
     threads: int = 1
     init_from: str = ""              # a pretrained backbone folder or asset:NAME to continue ("" = random init)
+    group_weights: dict[str, float] = dataclasses.field(default_factory=dict)  # over pretrain_data.GROUP_WEIGHTS
+    p_overlap: float = 0.0           # share of full-world scenes with overlapping objects (depth can be asked)
+    w_occlusion: float = 0.0         # occlusion targets (reward/occlusion.py): per visual token and per mention
 
 
 def load_config(path_or_preset: str | None, **overrides: Any) -> PretrainConfig:
     from ..config import from_dict, load_yaml
 
     data = load_yaml(path_or_preset) if path_or_preset else {}
-    cfg = from_dict(PretrainConfig, data, str(path_or_preset or "config"))
-    return dataclasses.replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
+    where = str(path_or_preset or "config")
+    cfg = from_dict(PretrainConfig, data, where)
+    cfg = dataclasses.replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
+    try:
+        group_weights_of(cfg.group_weights)
+    except ValueError as e:
+        from ..errors import ConfigError
+        raise ConfigError(f"{where}: {e}") from None
+    if not 0.0 <= cfg.p_overlap <= 1.0:
+        from ..errors import ConfigError
+        raise ConfigError(f"{where}: p_overlap must lie in [0, 1], got {cfg.p_overlap}")
+    return cfg
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -142,6 +158,8 @@ class Probes(nn.Module):
         self.truth = nn.Linear(hidden, 1)
         self.itm = nn.Linear(hidden, 1)
         self.cmp = nn.Linear(hidden, 6)
+        self.occ_cell = nn.Linear(hidden, 2 * NCOL)     # at the visual tokens entering the language model
+        self.occ_mention = nn.Linear(hidden, 2)         # at a mention: hidden by another, hides another
 
 
 def mention_loss(logits: torch.Tensor, tgt: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
@@ -167,6 +185,29 @@ def binary_probe_loss(probe: nn.Module, h: torch.Tensor, rows: torch.Tensor) -> 
             ((z > 0).long() == rows[:, 2]).float().mean().item())
 
 
+def occlusion_losses(probes: Probes, h0: torch.Tensor, h: torch.Tensor, b: Batch) -> tuple[torch.Tensor, dict]:
+    """BCE of the occlusion probes: per visual token at the language model's input ``h0`` (positives are
+    rare: weighted ``OCC_POS_WEIGHT``) and per present mention at the last layer ``h``; recall and accuracy."""
+    loss, logs = h.new_zeros(()), {}
+    if len(b.occ_pos):
+        z = probes.occ_cell(h0[b.occ_pos[:, 0], b.occ_pos[:, 1]])
+        loss = loss + F.binary_cross_entropy_with_logits(
+            z, b.occ_cells, pos_weight=torch.full((z.shape[1],), OCC_POS_WEIGHT))
+        pos = b.occ_cells > 0
+        if pos.any():
+            logs["occ_cell_recall"] = (z[pos] > 0).float().mean().item()
+    known = (b.mention[:, 2] == 1) & (b.mention[:, 6] >= 0)
+    if known.any():
+        z = probes.occ_mention(h[b.mention[known, 0], b.mention[known, 1]])
+        tgt = b.mention[known, 6:8].float()
+        loss = loss + F.binary_cross_entropy_with_logits(z, tgt)
+        any_pos = tgt.sum(-1) > 0
+        if any_pos.any():
+            logs["occ_mention_acc"] = ((z[any_pos] > 0).float() == tgt[any_pos]).all(-1).float().mean().item()
+    logs["occ"] = loss.item()
+    return loss, logs
+
+
 def forward_losses(model: nn.Module, probes: Probes, b: Batch, cfg: PretrainConfig) -> tuple[torch.Tensor, dict]:
     out = model.model(**b.inputs, output_hidden_states=True, output_attentions=cfg.w_hint > 0, use_cache=False)
     h = out.last_hidden_state
@@ -189,6 +230,10 @@ def forward_losses(model: nn.Module, probes: Probes, b: Batch, cfg: PretrainConf
         logs["cmp"] = lc.item()
         logs["cmp_acc"] = ((z[:, :3].argmax(-1) == b.cmp[:, 2]).float().mean().item()
                            + (z[:, 3:].argmax(-1) == b.cmp[:, 3]).float().mean().item()) / 2
+    if cfg.w_occlusion > 0:
+        lo, ol = occlusion_losses(probes, out.hidden_states[0], h, b)
+        loss = loss + cfg.w_occlusion * lo
+        logs.update(ol)
     if len(b.mention):
         lm_, acc = mention_loss(probes.mention(h[b.mention[:, 0], b.mention[:, 1]]), b.mention)
         lmid, accm = mention_loss(probes.mention_mid(mid[b.mention[:, 0], b.mention[:, 1]]), b.mention)
@@ -301,7 +346,8 @@ def pretrain(out_dir: str | os.PathLike, cfg: PretrainConfig, resume: bool = Fal
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
                              {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.98))
     yes_no = answer_ids(tok)
-    sampler = WorldSampler(tok, cfg.seed, cfg.pool, cfg.pool_refresh, cfg.colour_marks)
+    sampler = WorldSampler(tok, cfg.seed, cfg.pool, cfg.pool_refresh, cfg.colour_marks, cfg.group_weights, cfg.p_overlap,
+                           occlusion=cfg.w_occlusion > 0)
     step, train_s, history, best = 0, 0.0, [], -1.0
     if resume:
         st = torch.load(state_file, weights_only=False)

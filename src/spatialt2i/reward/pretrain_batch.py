@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from .attn_hints import Hints, box_cell_weights
+from .occlusion import NCOL, cell_targets
 from .pretrain_data import Sample
 
 
@@ -25,13 +26,15 @@ def _char_to_token(offsets: Sequence[tuple[int, int]], n_chars: int) -> np.ndarr
 class Batch:
     inputs: dict[str, torch.Tensor]
     truth: torch.Tensor      # (n, 3): row, pos, label
-    mention: torch.Tensor    # (m, 6): row, pos, present, x, y, size
+    mention: torch.Tensor    # (m, 8): row, pos, present, x, y, size, hidden, hiding (-1: unknown)
     answer: torch.Tensor     # (a, 3): row, pos (predicting), target token id
     answer_cls: torch.Tensor  # (a,): 0 yes / 1 no
     lm: torch.Tensor         # (l, 3): row, pos (predicting), target token id
     itm: torch.Tensor        # (i, 3): row, pos of the <reward> token, 1 if every clause is true
     cmp: torch.Tensor        # (c, 4): row, clause-query pos, x comparison, y comparison (0/1/2)
     hints: Hints             # attention hint targets
+    occ_pos: torch.Tensor    # (v, 2): row, pos of a visual token with occlusion targets
+    occ_cells: torch.Tensor  # (v, 2 * NCOL): its targets (reward/occlusion.py)
 
 
 def collate(samples: Sequence[Sample], tok: Any, image_processor: Any, yes_no_ids: tuple[int, int]) -> Batch:
@@ -43,6 +46,8 @@ def collate(samples: Sequence[Sample], tok: Any, image_processor: Any, yes_no_id
     pad_id = tok.convert_tokens_to_ids(IMAGE_PAD)
     rows, truth, mention, answer, acls, lm = [], [], [], [], [], []
     bind, ground, ground_tgt, img_start, role, itm, cmp = [], [], [], [], [], [], []
+    occ_pos: list[tuple[int, int]] = []
+    occ_cells: list[np.ndarray] = []
     rel_q, rel_keys = [], []
     for r, (s, n_img) in enumerate(zip(samples, counts)):
         # expand the placeholder; shift every char offset after it
@@ -58,8 +63,8 @@ def collate(samples: Sequence[Sample], tok: Any, image_processor: Any, yes_no_id
             truth.append((r, int(c2t[fix(c)]), t))
         for c, t in s.itm:
             itm.append((r, int(c2t[fix(c)]), t))
-        for c, pres, x, y, sz in s.mentions:
-            mention.append((r, int(c2t[fix(c)]), pres, x, y, sz))
+        for c, *tgt in s.mentions:
+            mention.append((r, int(c2t[fix(c)]), *tgt))
         for c, cls in s.answers:
             p = int(c2t[fix(c)])
             answer.append((r, p - 1, ids[p]))
@@ -70,6 +75,9 @@ def collate(samples: Sequence[Sample], tok: Any, image_processor: Any, yes_no_id
                 lm.append((r, p - 1, ids[p]))
         img_start.append(ids.index(pad_id))
         _, gh, gw = (int(v) for v in im["image_grid_thw"][r])
+        if s.occlusion is not None:
+            occ_cells.append(cell_targets(*s.occlusion, gh // merge, gw // merge))
+            occ_pos += [(r, img_start[-1] + k) for k in range(n_img)]
         for cs, cc, box in s.grounds:
             ps, pc = int(c2t[fix(cs)]), int(c2t[fix(cc)])
             if pc != ps:
@@ -125,8 +133,10 @@ def collate(samples: Sequence[Sample], tok: Any, image_processor: Any, yes_no_id
                   rel_q_t, rk, rt)
     inputs = {"input_ids": input_ids, "attention_mask": att, "mm_token_type_ids": (input_ids == pad_id).to(torch.int32),
               "pixel_values": im["pixel_values"], "image_grid_thw": im["image_grid_thw"]}
-    return Batch(inputs, shifted(truth, 3), shifted(mention, 6), shifted(answer, 3),
-                 torch.tensor(acls, dtype=torch.long), shifted(lm, 3), shifted(itm, 3), shifted(cmp, 4), hints)
+    occ = torch.from_numpy(np.concatenate(occ_cells)) if occ_cells else torch.zeros((0, 2 * NCOL))
+    return Batch(inputs, shifted(truth, 3), shifted(mention, 8), shifted(answer, 3),
+                 torch.tensor(acls, dtype=torch.long), shifted(lm, 3), shifted(itm, 3), shifted(cmp, 4), hints,
+                 shifted(occ_pos, 2), occ)
 
 
 def answer_ids(tok: Any) -> tuple[int, int]:

@@ -21,6 +21,7 @@ from ..world.text import JOINS, OPENERS, REGION_WORDS, TEMPLATES
 from ..world.truth import relation_holds
 from ..world.vocab import COLOURS, FLIP, OPPOSITE_REGION, SHAPES, SIZES
 from .backbone import REWARD_TOKEN
+from .occlusion import object_occlusion, occlusion_maps
 from .prompt import DEFAULT_INSTRUCTION
 
 if TYPE_CHECKING:
@@ -36,6 +37,20 @@ SIZE_NAMES = tuple(SIZES)
 NCELL = 8
 N_MENTION = 2 * NCELL + len(SIZE_NAMES) + 1
 CMP_LEVEL = 0.04                     # |centre difference| below this counts as level
+
+
+def group_weights_of(over: dict[str, float] | None) -> dict[str, float]:
+    """:data:`GROUP_WEIGHTS` with ``over`` on top (relative weights of the relation groups asked about)."""
+    w = dict(GROUP_WEIGHTS)
+    for g, v in (over or {}).items():
+        if g not in GROUP_WEIGHTS:
+            raise ValueError(f"group_weights: unknown relation group {g!r} (one of {', '.join(GROUP_WEIGHTS)})")
+        if not isinstance(v, (int, float)) or v < 0:
+            raise ValueError(f"group_weights.{g}: must be a number >= 0, got {v!r}")
+        w[g] = float(v)
+    if not any(w.values()):
+        raise ValueError("group_weights: at least one relation group needs a weight > 0")
+    return w
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -54,7 +69,7 @@ class Sample:
     image: Any
     text: str                                # full chat text with one <|image_pad|> placeholder
     truth: list[tuple[int, int]]             # (char of the clause's last char, 0/1)
-    mentions: list[tuple[int, int, int, int, int]]   # (char, present, xcell, ycell, size)
+    mentions: list[tuple[int, ...]]          # (char, present, xcell, ycell, size, hidden, hiding); -1: unknown
     answers: list[tuple[int, int]]           # (char of the answer's first char, 0 yes / 1 no)
     lm_span: tuple[int, int] | None          # chars whose tokens get the LM loss
     kind: str
@@ -65,6 +80,8 @@ class Sample:
     roles: list[tuple[int, bool, tuple[int, ...], tuple[int, int]]] = field(default_factory=list)
     # image-text matching: (char of the <reward> token, 1 if every clause is true)
     itm: list[tuple[int, int]] = field(default_factory=list)
+    # pixel maps of reward/occlusion.py (colour hidden, colour hiding it), when the sampler makes them
+    occlusion: tuple[np.ndarray, np.ndarray] | None = None
 
 
 def _relabel(rng: np.random.Generator, objs: Sequence[Obj]) -> list[Obj]:
@@ -79,6 +96,27 @@ def _canonical(rel: Relation) -> Relation:
     if rel.kind in canon:
         return Relation(canon[rel.kind], rel.objects[::-1])
     return rel
+
+
+def _recolour(rng: np.random.Generator, objs: Sequence[Obj]) -> list[Obj]:
+    """New colours, the same shapes (so the same overlaps); names stay unique."""
+    while True:
+        cols = rng.choice(list(COLOURS), size=len(objs))
+        if len({(c, o.shape) for c, o in zip(cols, objs)}) == len(objs):
+            return [Obj(o.shape, str(c), o.size, o.x, o.y, o.depth) for o, c in zip(objs, cols)]
+
+
+def _visible(scene: Scene, rel: Relation) -> bool:
+    """False for in front of / behind between two objects of one colour: the pixels cannot tell."""
+    if GROUP_OF[rel.kind] != "depth":
+        return True
+    a, b = rel.objects
+    return scene.objects[a].colour != scene.objects[b].colour
+
+
+def _has_depth(scene: Scene) -> bool:
+    """Some object is visibly in front of another (with the layout margin)."""
+    return any(GROUP_OF[r.kind] == "depth" and _visible(scene, r) for r in true_relations(scene, 1.0))
 
 
 def _transform(rng: np.random.Generator, objs: Sequence[Obj]) -> list[Obj]:
@@ -99,13 +137,20 @@ def _transform(rng: np.random.Generator, objs: Sequence[Obj]) -> list[Obj]:
 class WorldSampler:
     """Training/eval samples from a pool of solved layouts, varied by flips, transposes and new names."""
 
-    def __init__(self, tokenizer: Any, seed: int, pool: int = 1500, refresh: int = 2, colour_marks: bool = True) -> None:
+    def __init__(self, tokenizer: Any, seed: int, pool: int = 1500, refresh: int = 2, colour_marks: bool = True,
+                 group_weights: dict[str, float] | None = None, p_overlap: float = 0.0,
+                 occlusion: bool = False) -> None:
         self.rng = np.random.default_rng(seed)
         self.colour_marks = colour_marks
         self.tok = tokenizer
         self.pool_size, self.refresh = pool, refresh
         self.pool: list[tuple[Obj, ...]] = []
+        self.deep: set[int] = set()  # pool indices of layouts where some object is in front of another
         self.p_canonical = 0.0       # share of easy clauses in canonical wording (set by the curriculum)
+        self.weights = group_weights_of(group_weights)
+        self.p_overlap = p_overlap   # share of full-world scenes drawn from the layouts in ``deep``
+        self.occlusion = occlusion   # make the targets of reward/occlusion.py
+        self._occ: tuple[Scene | None, list[tuple[int, int]]] = (None, [])
 
     # -- layouts
     def _layout(self) -> tuple[Obj, ...]:
@@ -115,20 +160,39 @@ class WorldSampler:
             except UnsatisfiableSceneError:
                 continue
 
+    def _put(self, k: int, lay: tuple[Obj, ...]) -> None:
+        if k == len(self.pool):
+            self.pool.append(lay)
+        else:
+            self.pool[k] = lay
+        if _has_depth(Scene(lay)):
+            self.deep.add(k)
+        else:
+            self.deep.discard(k)
+
     def fill(self, n: int | None = None) -> None:
         while len(self.pool) < (n or self.pool_size):
-            self.pool.append(self._layout())
+            self._put(len(self.pool), self._layout())
 
     def step(self) -> None:
         for _ in range(self.refresh):
             lay = self._layout()
-            if len(self.pool) < self.pool_size:
-                self.pool.append(lay)
-            else:
-                self.pool[int(self.rng.integers(len(self.pool)))] = lay
+            full = len(self.pool) >= self.pool_size
+            self._put(int(self.rng.integers(len(self.pool))) if full else len(self.pool), lay)
 
     def scene(self, easy: bool, min_k: int = 2) -> Scene:
         rng = self.rng
+        if not easy and self.deep and self.p_overlap and rng.random() < self.p_overlap:
+            # a layout with overlapping objects, kept whole and new colours only: in front of / behind can
+            # be asked about (a flip of an asymmetric shape can undo the overlap, one colour on both
+            # objects hides it: then other colours, and after four tries the layout as drawn)
+            deep = sorted(self.deep)
+            objs = list(self.pool[deep[int(rng.integers(len(deep)))]])
+            for t in range(8):
+                scene = Scene(tuple(_recolour(rng, _transform(rng, objs) if t < 4 else objs)))
+                if _has_depth(scene):
+                    break
+            return scene
         objs = list(self.pool[int(rng.integers(len(self.pool)))])
         if easy:
             k = int(rng.integers(min_k, 4))
@@ -173,7 +237,7 @@ class WorldSampler:
 
     def clauses(self, image: Scene, text: Scene, k: int, easy: bool, p_false: float) -> list[tuple[Relation, int]]:
         rng = self.rng
-        cands = true_relations(image, 1.0)
+        cands = [r for r in true_relations(image, 1.0) if _visible(image, r)]
         if easy:
             cands = [r for r in cands if r.kind in AXIS]
         by_group: dict[str, list[Relation]] = {}
@@ -181,11 +245,12 @@ class WorldSampler:
             by_group.setdefault(GROUP_OF[r.kind], []).append(r)
         out: list[tuple[Relation, int]] = []
         used: set[tuple] = set()
+        by_group = {g: v for g, v in by_group.items() if self.weights[g] > 0}
         for _ in range(4 * k):
             if len(out) >= k or not by_group:
                 break
             groups = sorted(by_group)
-            w = np.array([GROUP_WEIGHTS[g] for g in groups])
+            w = np.array([self.weights[g] for g in groups])
             g = groups[int(rng.choice(len(groups), p=w / w.sum()))]
             rel = by_group[g][int(rng.integers(len(by_group[g])))]
             if easy and rng.random() < self.p_canonical:
@@ -296,13 +361,26 @@ class WorldSampler:
         dy = (ba[1] + ba[3] - bb[1] - bb[3]) / 2
         return tuple(0 if d < -CMP_LEVEL else (2 if d > CMP_LEVEL else 1) for d in (dx, dy))
 
-    def _mention_target(self, image: Scene, text: Scene, j: int) -> tuple[int, int, int, int]:
+    def _mention_target(self, image: Scene, text: Scene, j: int) -> tuple[int, ...]:
         o = text.objects[j]
-        for im in image.objects:
+        occ = self._occluded(image)
+        for k, im in enumerate(image.objects):
             if (im.colour, im.shape) == (o.colour, o.shape):
                 return (1, min(NCELL - 1, int(im.x * NCELL)), min(NCELL - 1, int(im.y * NCELL)),
-                        SIZE_NAMES.index(im.size))
-        return (0, -1, -1, -1)
+                        SIZE_NAMES.index(im.size), *(occ[k] if occ else (-1, -1)))
+        return (0, -1, -1, -1, -1, -1)
+
+    def _occluded(self, image: Scene) -> list[tuple[int, int]] | None:
+        """Per image object (hidden, hiding) when the sampler makes occlusion targets (cached per image)."""
+        if not self.occlusion:
+            return None
+        if self._occ[0] is not image:
+            self._occ = (image, object_occlusion(image))
+        return self._occ[1]
+
+    def _sample(self, image: Scene, *args: Any) -> Sample:
+        """The Sample of ``image`` rendered at 64 px, with its occlusion maps when asked for."""
+        return Sample(render(image, 64), *args, occlusion=occlusion_maps(image) if self.occlusion else None)
 
     def object_list(self, easy: bool, cfg: PretrainConfig) -> Sample:
         """The image, then its objects named in random order (some absent ones among them).
@@ -335,7 +413,7 @@ class WorldSampler:
         s += "."
         lm = (start, len(s)) if n_absent == 0 else None
         s += "<|im_end|>\n<|im_start|>assistant\n"
-        return Sample(render(image, 64), s, [], mentions, [], lm, "list", grounds)
+        return self._sample(image, s, [], mentions, [], lm, "list", grounds)
 
     def sample(self, easy: bool, vqa: bool, cfg: PretrainConfig, n_questions: int | None = None) -> Sample:
         rng = self.rng
@@ -376,7 +454,7 @@ class WorldSampler:
             answers.append((len(s), 0 if t else 1))
             roles.append((len(s), True, shapes, cmp, rc))
             s += ("yes" if t else "no") + "<|im_end|>\n"
-        return Sample(render(image, 64), s, truth, mentions, answers, None, "vqa", grounds, roles)
+        return self._sample(image, s, truth, mentions, answers, None, "vqa", grounds, roles)
 
     def _statements(self, image: Scene, text: Scene, rels: list[tuple[Relation, int]], easy: bool,
                     cfg: PretrainConfig) -> Sample:
@@ -406,5 +484,5 @@ class WorldSampler:
         s += "<|im_end|>\n<|im_start|>assistant\n" + REWARD_TOKEN
         all_true = all(t for _, t in rels)
         lm = (start, end) if all_true and rng.random() < cfg.p_caption_lm else None
-        return Sample(render(image, 64), s, truth, mentions, [], lm, "statements", grounds, roles,
+        return self._sample(image, s, truth, mentions, [], lm, "statements", grounds, roles,
                       [(len(s) - 1, int(all_true))])

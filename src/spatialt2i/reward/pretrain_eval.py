@@ -10,22 +10,30 @@ import torch
 from torch import nn
 
 from .pretrain_batch import collate
-from .pretrain_data import NCELL, Sample, WorldSampler
+from .pretrain_data import GROUP_WEIGHTS, NCELL, Sample, WorldSampler
 
 if TYPE_CHECKING:
     from .pretrain import PretrainConfig, Probes
 
 
 def make_eval_sets(tok: Any, cfg: PretrainConfig, n_questions: int, seed: int = 12345) -> dict[str, list[Sample]]:
-    """Held-out samples (their own seed and layouts): single-question VQA (full and easy) and statements."""
-    sm = WorldSampler(tok, seed, pool=max(200, n_questions // 2), refresh=0, colour_marks=False)
+    """Held-out samples (their own seed and layouts): single-question VQA (full and easy), statements, and
+    VQA about in front of / behind only (rare in the full mix: it needs overlapping objects)."""
+    occ = cfg.w_occlusion > 0
+    sm = WorldSampler(tok, seed, pool=max(200, n_questions // 2), refresh=0, colour_marks=False, occlusion=occ)
     sm.fill()
-    sets: dict[str, list[Sample]] = {"vqa": [], "vqa_easy": [], "statements": []}
-    for name, easy, vqa, n in (("vqa", False, True, n_questions), ("vqa_easy", True, True, n_questions // 2),
-                               ("statements", False, False, n_questions // 4)):
+    depth = WorldSampler(tok, seed + 1, pool=0, refresh=0, colour_marks=False,
+                         group_weights={g: float(g == "depth") for g in GROUP_WEIGHTS}, p_overlap=1.0, occlusion=occ)
+    depth.pool, depth.deep = sm.pool, sm.deep
+    sets: dict[str, list[Sample]] = {"vqa": [], "vqa_easy": [], "statements": [], "vqa_depth": []}
+    for name, easy, vqa, n, src in (("vqa", False, True, n_questions, sm), ("vqa_easy", True, True, n_questions // 2, sm),
+                                    ("statements", False, False, n_questions // 4, sm),
+                                    ("vqa_depth", False, True, n_questions // 3, depth)):
+        if src is depth and not depth.deep:
+            continue
         want = {0: n // 2, 1: n - n // 2}
         while len(sets[name]) < n:
-            s = sm.sample(easy, vqa, cfg, n_questions=1)
+            s = src.sample(easy, vqa, cfg, n_questions=1)
             if vqa:
                 cls = s.answers[0][1]
                 if want[cls] <= 0:
@@ -41,7 +49,7 @@ def evaluate(model: nn.Module, probes: Probes, tok: Any, ip: Any, sets: dict[str
     model.eval()
     res: dict[str, float] = {}
     for name, samples in sets.items():
-        correct = n = tc = tn = mx = my = mn = ic = inn = cc = cn = 0
+        correct = n = tc = tn = mx = my = mn = ic = inn = cc = cn = oc = on = 0
         for i in range(0, len(samples), bs):
             b = collate(samples[i:i + bs], tok, ip, yes_no)
             out = model.model(**b.inputs, use_cache=False)
@@ -68,8 +76,15 @@ def evaluate(model: nn.Module, probes: Probes, tok: Any, ip: Any, sets: dict[str
                 mx += (lg[:, :NCELL].argmax(-1) == b.mention[ok, 3]).sum().item()
                 my += (lg[:, NCELL:2 * NCELL].argmax(-1) == b.mention[ok, 4]).sum().item()
                 mn += int(ok.sum())
+            known = ok & (b.mention[:, 6] >= 0) & (b.mention[:, 6:8].sum(-1) > 0)
+            if cfg.w_occlusion > 0 and known.any():
+                z = probes.occ_mention(h[b.mention[known, 0], b.mention[known, 1]])
+                oc += ((z > 0).long() == b.mention[known, 6:8]).all(-1).sum().item()
+                on += int(known.sum())
         if n:
             res[f"{name}_acc"] = correct / n
+        if on:
+            res[f"{name}_occ"] = oc / on
         if tn:
             res[f"{name}_truth_probe"] = tc / tn
         if inn:
