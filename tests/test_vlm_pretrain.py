@@ -354,3 +354,42 @@ def test_occlusion_probes_train(tiny):
     ps.fill()
     plain = collate([ps.sample(False, True, cfg)], tok, ip, answer_ids(tok))
     assert len(plain.occ_pos) == 0 and (plain.mention[:, 6] == -1).all()
+
+
+def test_pixel_stem_reads_the_processor_pixels_and_round_trips(tiny, tmp_path):
+    """The stem sees exactly the processor's normalised image; a new stem changes nothing until trained;
+    a saved stem loads back with the folder and gives the same hidden states."""
+    from PIL import Image
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    from spatialt2i.reward.backbone import encode
+    from spatialt2i.reward.posfeat import patches_to_images
+
+    model, tok, ip = tiny
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)) for _ in range(2)]
+    px = ip(images=images, return_tensors="pt")
+    mean, std = torch.tensor(ip.image_mean)[:, None, None], torch.tensor(ip.image_std)[:, None, None]
+    for im, rec in zip(images, patches_to_images(px["pixel_values"], px["image_grid_thw"], 2, 8, 2)):
+        ref = (torch.tensor(np.array(im)).permute(2, 0, 1).float() / 255 - mean) / std
+        torch.testing.assert_close(rec, ref)
+
+    enc = encode(tok, ip, ["<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>a red star"] * 2, images)
+    model.eval()
+    pf = posfeat.attached(model)
+    with torch.no_grad():
+        before = model.model(**enc).last_hidden_state
+        vc = model.config.vision_config
+        pf.add_stem(8, vc.patch_size, vc.temporal_patch_size)
+        torch.testing.assert_close(model.model(**enc).last_hidden_state, before)     # zero output at first
+        for p in pf.stem.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+        after = model.model(**enc).last_hidden_state
+    assert not torch.allclose(after, before)
+    model.save_pretrained(tmp_path)
+    assert posfeat.save(model, tmp_path)
+    again = Qwen2_5_VLForConditionalGeneration.from_pretrained(str(tmp_path), dtype=torch.float32)
+    assert posfeat.attach_if_present(again, tmp_path).stem is not None
+    with torch.no_grad():
+        torch.testing.assert_close(again.model(**enc).last_hidden_state, after)
+    pf.stem = None                                                               # leave the fixture as it was

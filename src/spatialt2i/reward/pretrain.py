@@ -124,6 +124,7 @@ class PretrainConfig:
     group_weights: dict[str, float] = dataclasses.field(default_factory=dict)  # over pretrain_data.GROUP_WEIGHTS
     p_overlap: float = 0.0           # share of full-world scenes with overlapping objects (depth can be asked)
     w_occlusion: float = 0.0         # occlusion targets (reward/occlusion.py): per visual token and per mention
+    stem_channels: int = 0           # > 0: add a convolutional pixel stem of this width (reward/posfeat.py)
 
 
 def load_config(path_or_preset: str | None, **overrides: Any) -> PretrainConfig:
@@ -338,6 +339,11 @@ def pretrain(out_dir: str | os.PathLike, cfg: PretrainConfig, resume: bool = Fal
         str(init_dir), dtype=torch.float32, attn_implementation="eager" if cfg.w_hint > 0 else None)
     pf = posfeat.attach_if_present(model, init_dir) or posfeat.new(model, seed=cfg.seed, coord_scale=cfg.coord_scale)
     pf.merge = model.config.vision_config.spatial_merge_size
+    if cfg.stem_channels and pf.stem is None:
+        vc = model.config.vision_config
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.seed)
+            pf.add_stem(cfg.stem_channels, vc.patch_size, vc.temporal_patch_size)
     tok, ip = load_tokenizer(str(init_dir)), load_image_processor(str(init_dir))
     probes = Probes(model.config.text_config.hidden_size)
     params = list(model.parameters()) + list(pf.parameters()) + list(probes.parameters())
