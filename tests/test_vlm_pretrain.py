@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 
@@ -393,3 +394,25 @@ def test_pixel_stem_reads_the_processor_pixels_and_round_trips(tiny, tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(again.model(**enc).last_hidden_state, after)
     pf.stem = None                                                               # leave the fixture as it was
+
+
+def test_depth_recipe_trains_saves_and_resumes(tmp_path):
+    """The depth recipe (pixel stem, occlusion targets, overlap scenes, faster new parameters) runs from a
+    saved backbone, saves a folder whose stem loads back, and resumes from its state with the overlap
+    layouts re-indexed."""
+    import json
+
+    from spatialt2i.reward.pretrain import pretrain
+
+    cfg = PretrainConfig(init_from="asset:world-vlm-small", minutes=0.03, batch=4, eval_every=100.0, eval_pairs=0,
+                         eval_questions=6, pool=12, stem_channels=8, w_occlusion=1.0, p_overlap=0.7,
+                         group_weights={"depth": 1.0}, new_lr_mult=4.0, w_hint=1.0, threads=1)
+    pretrain(tmp_path / "run", cfg, log=lambda s: None)
+    meta = json.loads((tmp_path / "run" / "pretrain.json").read_text())
+    first = meta["steps"]
+    assert first >= 1 and "vqa_depth_acc" in meta["history"][-1]
+    assert json.loads((tmp_path / "run" / "posfeat.json").read_text())["stem"]["channels"] == 8
+    assert posfeat.attached(load_backbone(tmp_path / "run")[0]).stem is not None
+    logs: list[str] = []
+    meta = pretrain(tmp_path / "run", dataclasses.replace(cfg, minutes=0.06), resume=True, log=logs.append)
+    assert any("resuming" in s for s in logs) and meta["steps"] > first

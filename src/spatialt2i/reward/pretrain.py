@@ -31,6 +31,16 @@ Optional objectives (the shipped presets turn them on; all off by default):
   before, level with or after the second along x and along y.
 * ``w_itm`` -- statements end with the ``<reward>`` token, where a probe predicts whether every
   clause is true (image-text matching at the position the reward model reads).
+* ``w_occlusion`` -- in front of / behind (``reward/occlusion.py``): per visual token, which colours
+  are partly hidden there and which hide them (at the language model's input), and per mention,
+  whether the named object is hidden by / hides another (last layer). With ``stem_channels`` the
+  visual tokens also get a convolutional pixel stem (``reward/posfeat.py``); ``new_lr_mult`` speeds
+  up the stem and these probes, which start from scratch.
+
+Which relations are asked: ``group_weights`` re-weights the relation groups (axis, diagonal,
+placement, depth, size, between); in front of / behind exist only where objects overlap, so
+``p_overlap`` draws that share of full-world scenes from layouts with an overlap. Depth between two
+objects of one colour is never asked (the pixels cannot show it).
 
 Curriculum: during the first ``curriculum`` share of the run, most samples are easy -- 2-3 objects,
 left/right/above/below only, canonical wording -- then the full world distribution, with
@@ -43,7 +53,7 @@ Vision: the tiny model needs centred, normalised visual tokens with absolute (ro
 never uses. The probes are not part of the saved model.
 
 Metrics on held-out scenes every ``eval_every`` minutes: VQA yes/no accuracy (LM argmax over
-yes/no; full distribution and easy), clause-truth probe accuracy, gather x/y accuracy, and the
+yes/no; full distribution, easy, and in front of / behind only), clause-truth probe accuracy, gather x/y accuracy, and the
 zero-shot pair accuracy (``reward/zeroshot.py``) on a pair dataset's test split when one is given.
 Training resumes from ``OUT/_train/state.pt`` after a kill (``--resume``). ``init_from`` continues a
 saved backbone (a folder of this module's or ``asset:NAME``) under a new schedule: its weights and
@@ -125,6 +135,7 @@ class PretrainConfig:
     p_overlap: float = 0.0           # share of full-world scenes with overlapping objects (depth can be asked)
     w_occlusion: float = 0.0         # occlusion targets (reward/occlusion.py): per visual token and per mention
     stem_channels: int = 0           # > 0: add a convolutional pixel stem of this width (reward/posfeat.py)
+    new_lr_mult: float = 1.0         # learning-rate factor of the pixel stem and the occlusion probes
 
 
 def load_config(path_or_preset: str | None, **overrides: Any) -> PretrainConfig:
@@ -347,10 +358,14 @@ def pretrain(out_dir: str | os.PathLike, cfg: PretrainConfig, resume: bool = Fal
     tok, ip = load_tokenizer(str(init_dir)), load_image_processor(str(init_dir))
     probes = Probes(model.config.text_config.hidden_size)
     params = list(model.parameters()) + list(pf.parameters()) + list(probes.parameters())
-    decay = [p for p in params if p.ndim >= 2]
-    no_decay = [p for p in params if p.ndim < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.98))
+    fast = {id(p) for p in (pf.stem.parameters() if pf.stem is not None else ())}
+    fast |= {id(p) for p in (*probes.occ_cell.parameters(), *probes.occ_mention.parameters())}
+    groups = []
+    for is_fast, mult in ((False, 1.0), (True, cfg.new_lr_mult)) if cfg.new_lr_mult != 1.0 else ((None, 1.0),):
+        sel = [p for p in params if is_fast is None or (id(p) in fast) == is_fast]
+        groups += [{"params": [p for p in sel if p.ndim >= 2], "weight_decay": cfg.weight_decay, "mult": mult},
+                   {"params": [p for p in sel if p.ndim < 2], "weight_decay": 0.0, "mult": mult}]
+    opt = torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr, betas=(0.9, 0.98))
     yes_no = answer_ids(tok)
     sampler = WorldSampler(tok, cfg.seed, cfg.pool, cfg.pool_refresh, cfg.colour_marks, cfg.group_weights, cfg.p_overlap,
                            occlusion=cfg.w_occlusion > 0)
@@ -363,7 +378,7 @@ def pretrain(out_dir: str | os.PathLike, cfg: PretrainConfig, resume: bool = Fal
         opt.load_state_dict(st["opt"])
         step, train_s, history, best = st["step"], st["train_s"], st["history"], st["best"]
         sampler.rng.bit_generator.state = st["rng"]
-        sampler.pool = st["pool"]
+        sampler.set_pool(st["pool"])
         torch.set_rng_state(st["torch_rng"])
     t0 = time.time()
     sampler.fill()
@@ -411,7 +426,7 @@ def pretrain(out_dir: str | os.PathLike, cfg: PretrainConfig, resume: bool = Fal
         sampler.step()
         b = collate(samples, tok, ip, yes_no)
         for g in opt.param_groups:
-            g["lr"] = cfg.lr * _lr_factor(step, progress, cfg)
+            g["lr"] = cfg.lr * g.get("mult", 1.0) * _lr_factor(step, progress, cfg)
         loss, logs = forward_losses(model, probes, b, cfg)
         opt.zero_grad(set_to_none=True)
         loss.backward()

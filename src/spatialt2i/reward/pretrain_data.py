@@ -170,6 +170,12 @@ class WorldSampler:
         else:
             self.deep.discard(k)
 
+    def set_pool(self, pool: Sequence[tuple[Obj, ...]]) -> None:
+        """Replace the layouts (a resumed run's), re-indexing the overlap ones."""
+        self.pool, self.deep = [], set()
+        for lay in pool:
+            self._put(len(self.pool), lay)
+
     def fill(self, n: int | None = None) -> None:
         while len(self.pool) < (n or self.pool_size):
             self._put(len(self.pool), self._layout())
