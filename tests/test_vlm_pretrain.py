@@ -397,14 +397,14 @@ def test_pixel_stem_reads_the_processor_pixels_and_round_trips(tiny, tmp_path):
 
 
 def test_depth_recipe_trains_saves_and_resumes(tmp_path):
-    """The depth recipe (pixel stem, occlusion targets, overlap scenes, faster new parameters) runs from a
-    saved backbone, saves a folder whose stem loads back, and resumes from its state with the overlap
-    layouts re-indexed."""
+    """The depth recipe (a new pixel stem, occlusion targets, overlap scenes, faster new parameters) trains,
+    saves a folder whose stem loads back, and resumes from its state with the overlap layouts re-indexed;
+    continuing the shipped backbone keeps its own stem."""
     import json
 
     from spatialt2i.reward.pretrain import pretrain
 
-    cfg = PretrainConfig(init_from="asset:world-vlm-small", minutes=0.03, batch=4, eval_every=100.0, eval_pairs=0,
+    cfg = PretrainConfig(text_layers=3, minutes=0.03, batch=4, eval_every=100.0, eval_pairs=0,
                          eval_questions=6, pool=12, stem_channels=8, w_occlusion=1.0, p_overlap=0.7,
                          group_weights={"depth": 1.0}, new_lr_mult=4.0, w_hint=1.0, threads=1)
     pretrain(tmp_path / "run", cfg, log=lambda s: None)
@@ -416,3 +416,7 @@ def test_depth_recipe_trains_saves_and_resumes(tmp_path):
     logs: list[str] = []
     meta = pretrain(tmp_path / "run", dataclasses.replace(cfg, minutes=0.06), resume=True, log=logs.append)
     assert any("resuming" in s for s in logs) and meta["steps"] > first
+    pretrain(tmp_path / "cont", dataclasses.replace(cfg, init_from="asset:world-vlm-small", minutes=0.0),
+             log=lambda s: None)
+    shipped = json.loads((ASSETS / "world-vlm-small" / "posfeat.json").read_text())["stem"]
+    assert json.loads((tmp_path / "cont" / "posfeat.json").read_text())["stem"] == shipped
