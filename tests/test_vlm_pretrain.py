@@ -22,6 +22,22 @@ from spatialt2i.world.vocab import COLOURS  # noqa: E402
 ASSETS = Path(__file__).resolve().parents[1] / "src" / "spatialt2i" / "assets"
 
 
+def _train_steps(model, b, cfg, n: int) -> tuple[dict, dict]:
+    """``n`` AdamW steps of the pretraining losses on one batch (fresh probes); the first and last logs."""
+    probes = Probes(model.config.text_config.hidden_size)
+    params = list(model.parameters()) + list(posfeat.attached(model).parameters()) + list(probes.parameters())
+    opt = torch.optim.AdamW(params, lr=2e-3)
+    first = last = None
+    for _ in range(n):
+        loss, logs = forward_losses(model, probes, b, cfg)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        first = first or logs
+        last = logs
+    return first, last
+
+
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     from transformers import Qwen2_5_VLForConditionalGeneration
@@ -100,17 +116,7 @@ def test_new_recipe_losses_fall(tiny, tmp_path):
     sm = WorldSampler(tok, seed=2, pool=10)
     sm.fill()
     b = collate([sm.sample(True, i % 2 == 0, cfg) for i in range(8)], tok, ip, answer_ids(tok))
-    probes = Probes(model.config.text_config.hidden_size)
-    params = list(model.parameters()) + list(posfeat.attached(model).parameters()) + list(probes.parameters())
-    opt = torch.optim.AdamW(params, lr=2e-3)
-    first = last = None
-    for _ in range(12):
-        loss, logs = forward_losses(model, probes, b, cfg)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        first = first or logs
-        last = logs
+    first, last = _train_steps(model, b, cfg, 12)
     assert {"h_bind", "h_ground", "h_role", "h_rel", "cmp"} <= set(last)
     assert last["loss"] < 0.8 * first["loss"] and last["h_ground"] < first["h_ground"]
 
@@ -339,17 +345,7 @@ def test_occlusion_probes_train(tiny):
     pad = tok.convert_tokens_to_ids("<|image_pad|>")
     assert (b.inputs["input_ids"][b.occ_pos[:, 0], b.occ_pos[:, 1]] == pad).all()
     assert b.occ_cells.sum() > 0 and (b.mention[:, 6:8] == 1).any()
-    probes = Probes(model.config.text_config.hidden_size)
-    params = list(model.parameters()) + list(posfeat.attached(model).parameters()) + list(probes.parameters())
-    opt = torch.optim.AdamW(params, lr=2e-3)
-    first = last = None
-    for _ in range(10):
-        loss, logs = forward_losses(model, probes, b, cfg)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        first = first or logs
-        last = logs
+    first, last = _train_steps(model, b, cfg, 10)
     assert last["occ"] < 0.8 * first["occ"]
     ps = WorldSampler(tok, seed=6, pool=5)
     ps.fill()
