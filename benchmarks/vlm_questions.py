@@ -22,7 +22,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from spatialt2i.reward.pretrain import Probes, load_backbone, load_config
+    from spatialt2i.reward.pretrain import load_backbone, load_config
+    from spatialt2i.reward.pretrain_losses import Probes
     from spatialt2i.reward.pretrain_batch import answer_ids
     from spatialt2i.reward.pretrain_eval import evaluate, make_eval_sets
     from spatialt2i.reward.train_config import resolve_asset

@@ -13,7 +13,8 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from spatialt2i.reward import posfeat  # noqa: E402
-from spatialt2i.reward.pretrain import PretrainConfig, Probes, forward_losses, load_backbone, save_backbone  # noqa: E402
+from spatialt2i.reward.pretrain import PretrainConfig, load_backbone, save_backbone  # noqa: E402
+from spatialt2i.reward.pretrain_losses import Probes, forward_losses  # noqa: E402
 from spatialt2i.reward.pretrain_batch import answer_ids, collate  # noqa: E402
 from spatialt2i.reward.pretrain_data import WorldSampler  # noqa: E402
 

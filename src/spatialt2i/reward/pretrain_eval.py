@@ -13,7 +13,8 @@ from .pretrain_batch import collate
 from .pretrain_data import GROUP_WEIGHTS, NCELL, Sample, WorldSampler
 
 if TYPE_CHECKING:
-    from .pretrain import PretrainConfig, Probes
+    from .pretrain import PretrainConfig
+    from .pretrain_losses import Probes
 
 
 def make_eval_sets(tok: Any, cfg: PretrainConfig, n_questions: int, seed: int = 12345) -> dict[str, list[Sample]]:
