@@ -124,6 +124,32 @@ def test_step_order_is_a_seeded_permutation_per_epoch() -> None:
     assert not np.array_equal(StepOrder(10, 4, seed=4).step(0), o.step(0))
 
 
+def test_by_length_orders_a_steps_rows_longest_first(dataset: Path, tmp_path: Path) -> None:
+    from spatialt2i.reward.pair_table import PairTable
+
+    def blank(split: str, rows: list) -> None:
+        rows[1]["prompt"] = None
+
+    table = PairTable(rewrite_dataset(dataset, tmp_path / "d", edit=blank), "train")
+    idx = np.array([3, 1, 0, 2, 5, 4])
+    got = table.by_length(idx)
+    assert sorted(got) == sorted(idx)                         # the same rows, only reordered
+    lengths = [len(r["prompt"] or "") for r in table.rows(got)]
+    assert lengths == sorted(lengths, reverse=True) and lengths[-1] == 0   # the null prompt last
+    assert len(table.by_length([])) == 0
+
+
+def test_micro_batches_deal_a_steps_chunks_round_robin() -> None:
+    from spatialt2i.reward.trainer import micro_batches
+
+    rows = np.arange(12) * 10                                  # already ordered by length
+    one = micro_batches(rows, 3, world=1, rank=0)
+    assert [c.tolist() for c in one] == [[0, 10, 20], [30, 40, 50], [60, 70, 80], [90, 100, 110]]
+    two = [micro_batches(rows, 3, world=2, rank=r) for r in (0, 1)]
+    assert [c.tolist() for c in two[0]] == [one[0].tolist(), one[2].tolist()]   # long and short chunks each
+    assert [c.tolist() for c in two[1]] == [one[1].tolist(), one[3].tolist()]
+
+
 # ---- a run in process: outputs, bad rows, errors ------------------------------------------------------
 
 def test_training_skips_a_corrupt_row_and_writes_its_outputs(tiny: Path, dataset: Path, tmp_path: Path,

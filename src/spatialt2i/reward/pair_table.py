@@ -32,12 +32,24 @@ class PairTable:
         self.columns = [c for c in COLUMNS if c in names]
         self.table = pa.concat_tables([pq.read_table(f, columns=self.columns) for f in files])
         self.root, self.split = str(root), split
+        self._lengths: np.ndarray | None = None
 
     def __len__(self) -> int:
         return self.table.num_rows
 
     def rows(self, indices: list[int] | np.ndarray) -> list[dict[str, Any]]:
         return self.table.take(list(map(int, indices))).to_pylist() if len(indices) else []
+
+    def by_length(self, indices: list[int] | np.ndarray) -> np.ndarray:
+        """``indices`` ordered by prompt length, longest first (stable), so that micro-batches cut from
+        them in order pad less. A step's summed gradient does not depend on the order of its rows."""
+        if self._lengths is None:
+            import pyarrow.compute as pc
+
+            lengths = pc.fill_null(pc.utf8_length(self.table.column("prompt")), 0)  # a null prompt: skipped later
+            self._lengths = lengths.to_numpy(zero_copy_only=False)
+        idx = np.asarray(indices, dtype=np.int64)
+        return idx[np.argsort(-self._lengths[idx], kind="stable")] if len(idx) else idx
 
 
 class StepOrder:

@@ -2,9 +2,10 @@
 
 Determinism and scaling
     The pairs of optimizer step ``s`` are positions ``[s*B, (s+1)*B)`` of an endless stream made of
-    seeded per-epoch permutations of the train split (``B`` = global ``batch_size``). Process ``r`` of
-    ``W`` takes the ``r``-th slice of ``B/W`` pairs and runs it as ``A`` micro batches of
-    ``micro_batch_size`` (``A`` = gradient accumulation). Each micro batch's loss is the *sum* of its
+    seeded per-epoch permutations of the train split (``B`` = global ``batch_size``). The step's pairs
+    are ordered longest prompt first (less padding per micro batch) and cut into ``B/mb`` micro batches
+    of ``micro_batch_size`` = ``mb``, dealt round-robin: process ``r`` of ``W`` runs chunks ``r, r+W, ...``,
+    ``A = B/(mb*W)`` of them (``A`` = gradient accumulation). Each micro batch's loss is the *sum* of its
     pair losses divided by the nominal micro size; accelerate divides by ``A`` and DDP averages over
     ``W``, so the gradient is the mean over the ``B`` pairs however they are spread. One process with
     ``A = 2`` and two processes with ``A = 1`` therefore run the same micro batches and train the same
@@ -250,7 +251,7 @@ class RewardTrainer:
         if table is None:
             return {}
         n = len(table) if limit <= 0 else min(limit, len(table))
-        mine = [i for i in range(n) if i % acc.num_processes == acc.process_index]
+        mine = table.by_length([i for i in range(n) if i % acc.num_processes == acc.process_index])
         sums = torch.zeros(7, dtype=torch.float64)  # correct, n, correct_1, n_1, correct_23, n_23, gap
         was = model.training
         model.eval()
@@ -295,7 +296,7 @@ class RewardTrainer:
         order = StepOrder(len(train), cfg.batch_size, cfg.seed)
         total = cfg.max_steps if cfg.max_steps > 0 else math.ceil(cfg.epochs * len(train) / cfg.batch_size)
         W, r, A = acc.num_processes, acc.process_index, acc.gradient_accumulation_steps
-        per_rank, mb = cfg.batch_size // W, cfg.micro_batch_size
+        mb = cfg.micro_batch_size
 
         torch.manual_seed(cfg.seed)
         random.seed(cfg.seed)
@@ -332,11 +333,11 @@ class RewardTrainer:
         step = start
         while step < total:
             t0 = time.monotonic()
-            idx = order.step(step)[r * per_rank:(r + 1) * per_rank]
+            chunks = micro_batches(train.by_length(order.step(step)), mb, W, r)
             stats = torch.zeros(3, dtype=torch.float64)  # loss sum, pairs, correct
             for k in range(A):
                 with acc.accumulate(model):
-                    batch = collate_pairs(train.rows(idx[k * mb:(k + 1) * mb]), on_skip)
+                    batch = collate_pairs(train.rows(chunks[k]), on_skip)
                     if len(batch):
                         out = model(*batch.model_inputs())
                         loss_sum, correct = pair_losses(out, len(batch), cfg)
@@ -404,6 +405,14 @@ def load_scorer(path: str | os.PathLike, device: str | None = None) -> Any:
 
     dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
     return SpatialScore.from_pretrained(path, device=dev)
+
+
+def micro_batches(rows: np.ndarray, mb: int, world: int, rank: int) -> list[np.ndarray]:
+    """This rank's micro-batches of one step: ``rows`` (ordered longest prompt first) cut into chunks of
+    ``mb``, dealt round-robin to the ranks -- so every rank gets long and short chunks, and a run on
+    ``world`` ranks forms exactly the micro-batches of a one-process run with the same global batch."""
+    chunks = [rows[c:c + mb] for c in range(0, len(rows), mb)]
+    return chunks[rank::world]
 
 
 def use_cpu() -> bool:
