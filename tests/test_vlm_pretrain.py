@@ -56,7 +56,7 @@ def test_sampler_labels_and_positions(tiny):
     _, tok, ip = tiny
     cfg = PretrainConfig()
     sm = WorldSampler(tok, seed=1, pool=20)
-    sm.fill()
+    sm.layouts.fill()
     samples = [sm.sample(easy, vqa, cfg) for easy in (True, False) for vqa in (True, False) for _ in range(4)]
     b = collate(samples, tok, ip, answer_ids(tok))
     ids = b.inputs["input_ids"]
@@ -75,7 +75,7 @@ def test_hint_targets_sit_on_the_right_tokens(tiny):
     _, tok, ip = tiny
     cfg = PretrainConfig()
     sm = WorldSampler(tok, seed=3, pool=20)
-    sm.fill()
+    sm.layouts.fill()
     sm.p_canonical = 0.5
     samples = [sm.sample(easy, vqa, cfg) for easy in (True, False) for vqa in (True, False) for _ in range(4)]
     samples += [sm.object_list(False, cfg) for _ in range(2)]
@@ -115,7 +115,7 @@ def test_new_recipe_losses_fall(tiny, tmp_path):
     posfeat.new(model, seed=0, coord_scale=2.0)
     cfg = PretrainConfig(batch=8, w_hint=1.0, w_cmp=1.0, w_itm=1.0)
     sm = WorldSampler(tok, seed=2, pool=10)
-    sm.fill()
+    sm.layouts.fill()
     b = collate([sm.sample(True, i % 2 == 0, cfg) for i in range(8)], tok, ip, answer_ids(tok))
     first, last = _train_steps(model, b, cfg, 12)
     assert {"h_bind", "h_ground", "h_role", "h_rel", "cmp"} <= set(last)
@@ -136,7 +136,7 @@ def test_pretrain_steps_loss_falls(tiny):
     torch.manual_seed(0)
     cfg = PretrainConfig(batch=8)
     sm = WorldSampler(tok, seed=2, pool=10)
-    sm.fill()
+    sm.layouts.fill()
     b = collate([sm.sample(True, i % 2 == 0, cfg) for i in range(8)], tok, ip, answer_ids(tok))
     probes = Probes(model.config.text_config.hidden_size)
     pf = posfeat.attached(model)
@@ -163,7 +163,7 @@ def test_save_reload_identical(tiny, tmp_path):
     assert posfeat.attached(m2) is not None
     cfg = PretrainConfig()
     sm = WorldSampler(tok, seed=3, pool=5)
-    sm.fill()
+    sm.layouts.fill()
     b = collate([sm.sample(False, True, cfg) for _ in range(3)], tok, ip, answer_ids(tok))
     with torch.no_grad():
         a = model(**b.inputs).logits
@@ -236,7 +236,7 @@ def test_init_from_continues_a_saved_backbone(tmp_path):
     b, _, _ = load_backbone(tmp_path / "cont")
     assert posfeat.attached(b) is not None
     sm = WorldSampler(tok, seed=3, pool=5)
-    sm.fill()
+    sm.layouts.fill()
     batch = collate([sm.sample(False, True, cfg) for _ in range(2)], tok, ip, answer_ids(tok))
     a.eval()
     b.eval()
@@ -271,17 +271,18 @@ def test_group_weights_and_overlap_scenes_steer_the_questions(tiny):
     object in front of another, so depth can be asked at all; a bad weight is an error naming it."""
     from spatialt2i.errors import ConfigError
     from spatialt2i.reward.pretrain import load_config
-    from spatialt2i.reward.pretrain_data import GROUP_OF, GROUP_WEIGHTS, group_weights_of
+    from spatialt2i.reward.pretrain_data import GROUP_WEIGHTS, group_weights_of
+    from spatialt2i.reward.pretrain_scenes import GROUP_OF
     from spatialt2i.world.truth import relation_holds
 
     tok = tiny[1]
     only_depth = {g: float(g == "depth") for g in GROUP_WEIGHTS}
     sm = WorldSampler(tok, seed=5, pool=40, group_weights=only_depth, p_overlap=1.0)
-    sm.fill()
-    assert sm.deep and sm.deep < set(range(40))
+    sm.layouts.fill()
+    assert sm.layouts.deep and sm.layouts.deep < set(range(40))
     kinds = []
     for _ in range(30):
-        scene = sm.scene(False)
+        scene = sm.layouts.scene(False)
         rels = sm.clauses(scene, scene, 3, False, 0.0)
         assert rels, "an overlap scene always has a depth relation to ask"
         for rel, truth in rels:
@@ -301,15 +302,15 @@ def test_occlusion_targets_follow_the_depth_relations(tiny):
     """The front object of every visible in-front-of relation hides part of the back one, per object and
     per cell; two overlapping objects of one colour show nothing and count as no occlusion."""
     from spatialt2i.reward.occlusion import COLOUR_INDEX, NCOL, cell_targets, object_occlusion, occlusion_maps
-    from spatialt2i.reward.pretrain_data import GROUP_OF
+    from spatialt2i.reward.pretrain_scenes import GROUP_OF
     from spatialt2i.world.sample import true_relations
     from spatialt2i.world.scene import Obj, Scene
 
     sm = WorldSampler(tiny[1], seed=4, pool=30, p_overlap=1.0)
-    sm.fill()
+    sm.layouts.fill()
     checked = 0
     for _ in range(20):
-        scene = sm.scene(False)
+        scene = sm.layouts.scene(False)
         occ = object_occlusion(scene)
         cells = cell_targets(*occlusion_maps(scene), 4, 4)
         for rel in true_relations(scene, 1.0):
@@ -340,7 +341,7 @@ def test_occlusion_probes_train(tiny):
     torch.manual_seed(0)
     cfg = PretrainConfig(batch=8, w_occlusion=1.0)
     sm = WorldSampler(tok, seed=6, pool=20, p_overlap=1.0, occlusion=True)
-    sm.fill()
+    sm.layouts.fill()
     b = collate([sm.sample(False, i % 2 == 0, cfg) for i in range(8)], tok, ip, answer_ids(tok))
     assert b.occ_cells.shape == (8 * 16, 18) and len(b.occ_pos) == 8 * 16
     pad = tok.convert_tokens_to_ids("<|image_pad|>")
@@ -349,7 +350,7 @@ def test_occlusion_probes_train(tiny):
     first, last = _train_steps(model, b, cfg, 10)
     assert last["occ"] < 0.8 * first["occ"]
     ps = WorldSampler(tok, seed=6, pool=5)
-    ps.fill()
+    ps.layouts.fill()
     plain = collate([ps.sample(False, True, cfg)], tok, ip, answer_ids(tok))
     assert len(plain.occ_pos) == 0 and (plain.mention[:, 6] == -1).all()
 

@@ -265,11 +265,11 @@ def pretrain(out_dir: str | os.PathLike, cfg: PretrainConfig, resume: bool = Fal
         opt.load_state_dict(st["opt"])
         step, train_s, history, best = st["step"], st["train_s"], st["history"], st["best"]
         sampler.rng.bit_generator.state = st["rng"]
-        sampler.set_pool(st["pool"])
+        sampler.layouts.load(st["pool"])
         torch.set_rng_state(st["torch_rng"])
     t0 = time.time()
-    sampler.fill()
-    log(f"pool of {len(sampler.pool)} layouts in {time.time() - t0:.0f} s; "
+    sampler.layouts.fill()
+    log(f"pool of {len(sampler.layouts.pool)} layouts in {time.time() - t0:.0f} s; "
         f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f} M params (+{sum(p.numel() for p in pf.parameters())} posfeat)")
     eval_sets = make_eval_sets(tok, cfg, cfg.eval_questions)
     pairs_eval = None
@@ -310,7 +310,7 @@ def pretrain(out_dir: str | os.PathLike, cfg: PretrainConfig, resume: bool = Fal
         else:
             vqa_batch = sampler.rng.random() < cfg.p_vqa
             samples = [sampler.sample(sampler.rng.random() < p_easy, vqa_batch, cfg) for _ in range(cfg.batch)]
-        sampler.step()
+        sampler.layouts.step()
         b = collate(samples, tok, ip, yes_no)
         for g in opt.param_groups:
             g["lr"] = cfg.lr * g.get("mult", 1.0) * _lr_factor(step, progress, cfg)
@@ -342,7 +342,7 @@ def pretrain(out_dir: str | os.PathLike, cfg: PretrainConfig, resume: bool = Fal
             state_dir.mkdir(parents=True, exist_ok=True)
             torch.save({"model": model.state_dict(), "posfeat": pf.state_dict(), "probes": probes.state_dict(),
                         "opt": opt.state_dict(), "step": step, "train_s": train_s, "history": history,
-                        "best": best, "rng": sampler.rng.bit_generator.state, "pool": sampler.pool,
+                        "best": best, "rng": sampler.rng.bit_generator.state, "pool": sampler.layouts.pool,
                         "torch_rng": torch.get_rng_state()}, state_dir / "state.tmp")
             os.replace(state_dir / "state.tmp", state_file)
             last_ckpt = train_s

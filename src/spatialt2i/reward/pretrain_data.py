@@ -1,37 +1,32 @@
 """World pretraining data of the tiny VLM backbone: samples (image + worded clauses + targets).
 
-:class:`WorldSampler` draws scenes from a pool of solved layouts and words them like the world's
-prompts -- object lists, relation statements (some clauses false) and yes/no questions -- with the
-targets of ``reward/pretrain.py`` (clause truth, per-mention gather, comparison, matching) and of the
-attention hints (``reward/attn_hints.py``). Batching them: ``reward/pretrain_batch.py``.
+:class:`WorldSampler` takes scenes from its pool of solved layouts (``reward/pretrain_scenes.py``) and
+words them like the world's prompts -- object lists, relation statements (some clauses false) and yes/no
+questions -- with the targets of ``reward/pretrain.py`` (clause truth, per-mention gather, comparison,
+matching) and of the attention hints (``reward/attn_hints.py``). Batching them: ``reward/pretrain_batch.py``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..errors import UnsatisfiableSceneError
 from ..world.render import render
-from ..world.sample import _state, random_scene, true_relations
+from ..world.sample import _state, true_relations
 from ..world.scene import Obj, Relation, Scene
 from ..world.text import JOINS, OPENERS, REGION_WORDS, TEMPLATES
 from ..world.truth import relation_holds
 from ..world.vocab import COLOURS, FLIP, OPPOSITE_REGION, SHAPES, SIZES
 from .backbone import REWARD_TOKEN
 from .occlusion import object_occlusion, occlusion_maps
+from .pretrain_scenes import AXIS, GROUP_OF, LayoutPool, _visible
 from .prompt import DEFAULT_INSTRUCTION
 
 if TYPE_CHECKING:
     from .pretrain import PretrainConfig
 
-AXIS = ("left_of", "right_of", "above", "below")
-GROUPS = {"axis": AXIS, "diagonal": ("above_left", "above_right", "below_left", "below_right"),
-          "placement": ("at",), "depth": ("in_front_of", "behind"), "size": ("bigger", "smaller"),
-          "between": ("between",)}
-GROUP_OF = {k: g for g, ks in GROUPS.items() for k in ks}
 GROUP_WEIGHTS = {"axis": 0.3, "diagonal": 0.15, "placement": 0.14, "depth": 0.12, "size": 0.12, "between": 0.17}
 SIZE_NAMES = tuple(SIZES)
 NCELL = 8
@@ -54,7 +49,7 @@ def group_weights_of(over: dict[str, float] | None) -> dict[str, float]:
 
 
 # ----------------------------------------------------------------------------------------------------
-# data: scenes, clauses, targets
+# data: clauses, samples, targets
 # ----------------------------------------------------------------------------------------------------
 
 @dataclass
@@ -84,12 +79,6 @@ class Sample:
     occlusion: tuple[np.ndarray, np.ndarray] | None = None
 
 
-def _relabel(rng: np.random.Generator, objs: Sequence[Obj]) -> list[Obj]:
-    names = [(c, s) for c in COLOURS for s in SHAPES]
-    idx = rng.choice(len(names), size=len(objs), replace=False)
-    return [Obj(names[k][1], names[k][0], o.size, o.x, o.y, o.depth) for o, k in zip(objs, idx)]
-
-
 def _canonical(rel: Relation) -> Relation:
     """An axis relation stated with "left of" / "above" (right_of(a, b) -> left_of(b, a))."""
     canon = {"right_of": "left_of", "below": "above"}
@@ -98,44 +87,9 @@ def _canonical(rel: Relation) -> Relation:
     return rel
 
 
-def _recolour(rng: np.random.Generator, objs: Sequence[Obj]) -> list[Obj]:
-    """New colours, the same shapes (so the same overlaps); names stay unique."""
-    while True:
-        cols = rng.choice(list(COLOURS), size=len(objs))
-        if len({(c, o.shape) for c, o in zip(cols, objs)}) == len(objs):
-            return [Obj(o.shape, str(c), o.size, o.x, o.y, o.depth) for o, c in zip(objs, cols)]
-
-
-def _visible(scene: Scene, rel: Relation) -> bool:
-    """False for in front of / behind between two objects of one colour: the pixels cannot tell."""
-    if GROUP_OF[rel.kind] != "depth":
-        return True
-    a, b = rel.objects
-    return scene.objects[a].colour != scene.objects[b].colour
-
-
-def _has_depth(scene: Scene) -> bool:
-    """Some object is visibly in front of another (with the layout margin)."""
-    return any(GROUP_OF[r.kind] == "depth" and _visible(scene, r) for r in true_relations(scene, 1.0))
-
-
-def _transform(rng: np.random.Generator, objs: Sequence[Obj]) -> list[Obj]:
-    g = int(rng.integers(8))
-    out = []
-    for o in objs:
-        x, y = o.x, o.y
-        if g & 1:
-            x = 1 - x
-        if g & 2:
-            y = 1 - y
-        if g & 4:
-            x, y = y, x
-        out.append(o.at(x, y))
-    return out
-
-
 class WorldSampler:
-    """Training/eval samples from a pool of solved layouts, varied by flips, transposes and new names."""
+    """Training/eval samples: scenes from ``layouts`` (a :class:`LayoutPool` on the sampler's own ``rng``),
+    worded into clauses, questions and object lists with their targets."""
 
     def __init__(self, tokenizer: Any, seed: int, pool: int = 1500, refresh: int = 2, colour_marks: bool = True,
                  group_weights: dict[str, float] | None = None, p_overlap: float = 0.0,
@@ -143,73 +97,11 @@ class WorldSampler:
         self.rng = np.random.default_rng(seed)
         self.colour_marks = colour_marks
         self.tok = tokenizer
-        self.pool_size, self.refresh = pool, refresh
-        self.pool: list[tuple[Obj, ...]] = []
-        self.deep: set[int] = set()  # pool indices of layouts where some object is in front of another
+        self.layouts = LayoutPool(self.rng, pool, refresh, p_overlap)
         self.p_canonical = 0.0       # share of easy clauses in canonical wording (set by the curriculum)
         self.weights = group_weights_of(group_weights)
-        self.p_overlap = p_overlap   # share of full-world scenes drawn from the layouts in ``deep``
         self.occlusion = occlusion   # make the targets of reward/occlusion.py
         self._occ: tuple[Scene | None, list[tuple[int, int]]] = (None, [])
-
-    # -- layouts
-    def _layout(self) -> tuple[Obj, ...]:
-        while True:
-            try:
-                return random_scene(self.rng).objects
-            except UnsatisfiableSceneError:
-                continue
-
-    def _put(self, k: int, lay: tuple[Obj, ...]) -> None:
-        if k == len(self.pool):
-            self.pool.append(lay)
-        else:
-            self.pool[k] = lay
-        if _has_depth(Scene(lay)):
-            self.deep.add(k)
-        else:
-            self.deep.discard(k)
-
-    def set_pool(self, pool: Sequence[tuple[Obj, ...]]) -> None:
-        """Replace the layouts (a resumed run's), re-indexing the overlap ones."""
-        self.pool, self.deep = [], set()
-        for lay in pool:
-            self._put(len(self.pool), lay)
-
-    def fill(self, n: int | None = None) -> None:
-        while len(self.pool) < (n or self.pool_size):
-            self._put(len(self.pool), self._layout())
-
-    def step(self) -> None:
-        for _ in range(self.refresh):
-            lay = self._layout()
-            full = len(self.pool) >= self.pool_size
-            self._put(int(self.rng.integers(len(self.pool))) if full else len(self.pool), lay)
-
-    def scene(self, easy: bool, min_k: int = 2) -> Scene:
-        rng = self.rng
-        if not easy and self.deep and self.p_overlap and rng.random() < self.p_overlap:
-            # a layout with overlapping objects, kept whole and new colours only: in front of / behind can
-            # be asked about (a flip of an asymmetric shape can undo the overlap, one colour on both
-            # objects hides it: then other colours, and after four tries the layout as drawn)
-            deep = sorted(self.deep)
-            objs = list(self.pool[deep[int(rng.integers(len(deep)))]])
-            for t in range(8):
-                scene = Scene(tuple(_recolour(rng, _transform(rng, objs) if t < 4 else objs)))
-                if _has_depth(scene):
-                    break
-            return scene
-        objs = list(self.pool[int(rng.integers(len(self.pool)))])
-        if easy:
-            k = int(rng.integers(min_k, 4))
-            keep = sorted(rng.choice(len(objs), size=min(k, len(objs)), replace=False))
-            objs = [objs[i] for i in keep]
-        elif rng.random() < 0.25 and len(objs) > 2:
-            k = int(rng.integers(2, len(objs) + 1))
-            keep = sorted(rng.choice(len(objs), size=k, replace=False))
-            objs = [objs[i] for i in keep]
-        objs = _relabel(rng, _transform(rng, objs))
-        return Scene(tuple(objs))
 
     # -- relations and truth
     @staticmethod
@@ -395,7 +287,7 @@ class WorldSampler:
         With a single object the gather needs no content match at all (the first rung of the curriculum).
         """
         rng = self.rng
-        image = self.scene(easy, min_k=1)
+        image = self.layouts.scene(easy, min_k=1)
         present = {(o.colour, o.shape) for o in image.objects}
         objs = list(image.objects)
         n_absent = int(rng.choice(3, p=[0.5, 0.3, 0.2]))
@@ -424,7 +316,7 @@ class WorldSampler:
     def sample(self, easy: bool, vqa: bool, cfg: PretrainConfig, n_questions: int | None = None) -> Sample:
         rng = self.rng
         for _ in range(20):
-            image = self.scene(easy)
+            image = self.layouts.scene(easy)
             text = image if easy else self._text_scene(image, cfg.p_name_swap)
             if vqa:
                 nq = n_questions or int(rng.integers(1, cfg.max_questions + 1))

@@ -22,15 +22,15 @@ def make_eval_sets(tok: Any, cfg: PretrainConfig, n_questions: int, seed: int = 
     VQA about in front of / behind only (rare in the full mix: it needs overlapping objects)."""
     occ = cfg.w_occlusion > 0
     sm = WorldSampler(tok, seed, pool=max(200, n_questions // 2), refresh=0, colour_marks=False, occlusion=occ)
-    sm.fill()
+    sm.layouts.fill()
     depth = WorldSampler(tok, seed + 1, pool=0, refresh=0, colour_marks=False,
                          group_weights={g: float(g == "depth") for g in GROUP_WEIGHTS}, p_overlap=1.0, occlusion=occ)
-    depth.pool, depth.deep = sm.pool, sm.deep
+    depth.layouts.pool, depth.layouts.deep = sm.layouts.pool, sm.layouts.deep
     sets: dict[str, list[Sample]] = {"vqa": [], "vqa_easy": [], "statements": [], "vqa_depth": []}
     for name, easy, vqa, n, src in (("vqa", False, True, n_questions, sm), ("vqa_easy", True, True, n_questions // 2, sm),
                                     ("statements", False, False, n_questions // 4, sm),
                                     ("vqa_depth", False, True, n_questions // 3, depth)):
-        if src is depth and not depth.deep:
+        if src is depth and not depth.layouts.deep:
             continue
         want = {0: n // 2, 1: n - n // 2}
         while len(sets[name]) < n:
