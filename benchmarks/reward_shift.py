@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     from PIL import Image
 
     from spatialt2i.data.schema import shard_files
-    from spatialt2i.gen.scene_stream import to_pixels
+    from spatialt2i.gen.vae_stage import roundtrip
     from spatialt2i.reward.collate import decode_pair
     from spatialt2i.reward.model import SpatialScore
     from spatialt2i.reward.train_config import resolve_asset
@@ -63,14 +63,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{args.data}: no test rows with a scene (world datasets only)", file=sys.stderr)
         return 2
 
-    @torch.no_grad()
     def through_vae(imgs: list[Image.Image]) -> list[Image.Image]:
         out = []
         for k in range(0, len(imgs), 64):
-            x = to_pixels(np.stack([np.asarray(i.convert("RGB")) for i in imgs[k:k + 64]]))
-            rec = vae.decode(vae.encode(x).latent_dist.mode()).sample
-            out += [Image.fromarray(a) for a in
-                    ((rec.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()]
+            out += [Image.fromarray(a) for a in roundtrip(vae, np.stack([np.asarray(i.convert("RGB"))
+                                                                        for i in imgs[k:k + 64]]))]
         return out
 
     def mu(prompts: list[str], imgs: list[Image.Image]) -> np.ndarray:

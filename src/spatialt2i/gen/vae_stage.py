@@ -4,7 +4,7 @@
   pixels weighted (the white background is ~90 % of a scene) and a small KL term.
 * :func:`latent_scale` — the ``shift_factor``/``scaling_factor`` that give unit-scale latents.
 * :func:`reconstruction_check` — the oracle on reconstructions of held-out scenes (the ceiling of
-  any generator decoded by this VAE).
+  any generator decoded by this VAE); :func:`roundtrip` — one batch through the VAE and back.
 * :func:`finetune_decoder` — an optional decoder-only stage after flow matching.
 * :func:`load_vae` — reuse a trained VAE (``init_vae``).
 """
@@ -68,14 +68,21 @@ def reconstruction_check(vae: torch.nn.Module, image_size: int, n: int = 64, see
     was_training = vae.training
     vae.eval()
     scenes, _ = heldout_scenes(n, seed=seed)
-    x = to_pixels(np.stack([np.asarray(render(s, image_size)) for s in scenes])).to(_device(vae))
-    rec = vae.decode(vae.encode(x).latent_dist.mode()).sample
-    out = ((rec.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
+    imgs = np.stack([np.asarray(render(s, image_size)) for s in scenes])
+    out = roundtrip(vae, imgs)
     v = [judge(s, o) for s, o in zip(scenes, out)]
     vae.train(was_training)
+    mse = (to_pixels(out) - to_pixels(imgs)).pow(2).mean()
     return {"presence": float(np.mean([x.presence for x in v])),
             "all_correct": float(np.mean([x.all_correct for x in v])),
-            "mse": float((rec - x).pow(2).mean())}
+            "mse": float(mse)}
+
+
+@torch.no_grad()
+def roundtrip(vae: torch.nn.Module, imgs: np.ndarray) -> np.ndarray:
+    """uint8 (B, H, W, 3) images encoded (posterior mode) and decoded by ``vae``, as uint8 again."""
+    rec = vae.decode(vae.encode(to_pixels(imgs).to(_device(vae))).latent_dist.mode()).sample
+    return ((rec.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
 
 
 @torch.no_grad()
