@@ -27,7 +27,7 @@ Output folder::
     OUT/model/                      the final SpatialScore checkpoint (``SpatialScore.from_pretrained``)
     OUT/result.json                 steps, wall time, final evaluation
 
-Checkpoints are written to a temporary folder and renamed, so a kill leaves either a whole
+Checkpoints (``reward/checkpoints.py``) are written to a temporary folder and renamed, so a kill leaves either a whole
 checkpoint or none. Under FSDP/DeepSpeed the optimizer/model state goes through
 ``accelerator.save_state`` (sharded) instead of ``state.pt`` (not exercised by the CPU tests).
 """
@@ -39,7 +39,6 @@ import logging
 import math
 import os
 import random
-import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -52,14 +51,13 @@ from PIL import Image
 from ..data.schema import shard_files
 from ..errors import ConfigError
 from ..metrics_log import MetricsLog
+from .checkpoints import latest_checkpoint, load_checkpoint, save_checkpoint
 from .collate import collate_pairs
 from .pair_table import PairTable, StepOrder
 from .losses import gaussian_bt_loss, pairwise_correct
 from .train_config import RewardTrainConfig
 
 log = logging.getLogger(__name__)
-
-CKPT_PREFIX = "step-"
 
 
 # ---------------------------------------------------------------------------------------------- data
@@ -116,6 +114,7 @@ class RewardTrainer:
                  resume: bool = False, progress: bool = True) -> None:
         self.cfg, self.data, self.out = cfg, Path(data), Path(out)
         self.resume, self.progress = resume, progress
+        self._ckpt_dir = self.out / "checkpoints"
 
     # ---- setup ------------------------------------------------------------------------------------
     def _accelerator(self) -> Any:
@@ -166,60 +165,6 @@ class RewardTrainer:
                   {"params": head, "lr": head_lr, "weight_decay": self.cfg.weight_decay},
                   {"params": row, "lr": head_lr, "weight_decay": 0.0}]
         return torch.optim.AdamW([g for g in groups if g["params"]], betas=(0.9, 0.98), eps=1e-8)
-
-    # ---- checkpoints ------------------------------------------------------------------------------
-    def _ckpt_dir(self) -> Path:
-        return self.out / "checkpoints"
-
-    def latest_checkpoint(self) -> Path | None:
-        ckpts = sorted(self._ckpt_dir().glob(f"{CKPT_PREFIX}*")) if self._ckpt_dir().is_dir() else []
-        return ckpts[-1] if ckpts else None
-
-    def _save_checkpoint(self, acc: Any, model: Any, opt: Any, sched: Any, step: int, extra: dict[str, Any]) -> None:
-        from accelerate.utils import DistributedType
-        from safetensors.torch import save_file
-
-        final = self._ckpt_dir() / f"{CKPT_PREFIX}{step:06d}"
-        tmp = self._ckpt_dir() / f".tmp-{CKPT_PREFIX}{step:06d}"
-        if acc.is_main_process:
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir(parents=True)
-        acc.wait_for_everyone()
-        torch.save(rng_state(), tmp / f"rng-{acc.process_index}.pt")
-        if acc.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
-            acc.save_state(str(tmp / "accelerate"))
-        elif acc.is_main_process:
-            m = acc.unwrap_model(model)
-            save_file({n: p.detach().float().cpu().contiguous() for n, p in m.named_parameters() if p.requires_grad},
-                      str(tmp / "trainable.safetensors"))
-            torch.save({"optimizer": opt.state_dict()}, tmp / "optimizer.pt")
-        acc.wait_for_everyone()
-        if acc.is_main_process:
-            torch.save({"step": step, "scheduler": sched.state_dict(), **extra}, tmp / "state.pt")
-            os.replace(tmp, final)
-            for old in sorted(self._ckpt_dir().glob(f"{CKPT_PREFIX}*"))[:-max(1, self.cfg.keep_checkpoints)]:
-                shutil.rmtree(old, ignore_errors=True)
-        acc.wait_for_everyone()
-
-    def _load_checkpoint(self, ckpt: Path, acc: Any, model: Any, opt: Any, sched: Any) -> dict[str, Any]:
-        from safetensors.torch import load_file
-
-        if (ckpt / "accelerate").is_dir():
-            acc.load_state(str(ckpt / "accelerate"))
-        else:
-            m = acc.unwrap_model(model)
-            params = dict(m.named_parameters())
-            with torch.no_grad():
-                for n, v in load_file(str(ckpt / "trainable.safetensors")).items():
-                    params[n].copy_(v.to(params[n].dtype))
-            opt.load_state_dict(torch.load(ckpt / "optimizer.pt", map_location=acc.device,
-                                           weights_only=False)["optimizer"])
-        state = torch.load(ckpt / "state.pt", weights_only=False)
-        sched.load_state_dict(state["scheduler"])
-        rng_file = ckpt / f"rng-{acc.process_index}.pt"
-        if rng_file.is_file():
-            set_rng_state(torch.load(rng_file, weights_only=False))
-        return state
 
     def _save_model(self, acc: Any, model: Any) -> None:
         """Write ``OUT/model``. Under FSDP the parameters are sharded, so the full state dict is gathered
@@ -311,14 +256,14 @@ class RewardTrainer:
         model, opt = acc.prepare(model, opt)
 
         start, elapsed, pairs_seen = 0, 0.0, 0
-        ckpt = self.latest_checkpoint() if self.resume else None
+        ckpt = latest_checkpoint(self._ckpt_dir) if self.resume else None
         if ckpt is not None:
-            st = self._load_checkpoint(ckpt, acc, model, opt, sched)
+            st = load_checkpoint(ckpt, acc, model, opt, sched)
             start, elapsed, pairs_seen = int(st["step"]), float(st.get("elapsed", 0.0)), int(st.get("pairs_seen", 0))
             if acc.is_main_process:
                 log.info("resuming from %s (step %d of %d)", ckpt, start, total)
         elif self.resume and acc.is_main_process:
-            log.warning("--resume: no checkpoint in %s; starting from step 0", self._ckpt_dir())
+            log.warning("--resume: no checkpoint in %s; starting from step 0", self._ckpt_dir)
 
         writer = MetricsLog(self.out, active=acc.is_main_process)
         skipped: dict[str, str] = {}
@@ -372,7 +317,7 @@ class RewardTrainer:
                 if acc.is_main_process and last_eval:
                     _write(writer, step, {f"eval/{k}": v for k, v in last_eval.items()})
             if (cfg.save_every and step % cfg.save_every == 0) or done:
-                self._save_checkpoint(acc, model, opt, sched, step, {
+                save_checkpoint(self._ckpt_dir, self.cfg.keep_checkpoints, acc, model, opt, sched, step, {
                     "elapsed": time.monotonic() - t_start, "pairs_seen": pairs_seen})
             if out_of_time:
                 if acc.is_main_process:
@@ -419,21 +364,6 @@ def use_cpu() -> bool:
     """CPU when asked (``accelerate launch --cpu`` sets ACCELERATE_USE_CPU) or when there is no GPU; accelerate
     only forms a multi-process CPU (gloo) group under torchrun when told ``cpu=True``."""
     return os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true") or not torch.cuda.is_available()
-
-
-def rng_state() -> dict[str, Any]:
-    st = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        st["cuda"] = torch.cuda.get_rng_state_all()
-    return st
-
-
-def set_rng_state(st: dict[str, Any]) -> None:
-    random.setstate(st["python"])
-    np.random.set_state(st["numpy"])
-    torch.set_rng_state(st["torch"])
-    if "cuda" in st and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(st["cuda"])
 
 
 def _gather_skips(acc: Any, skipped: dict[str, str]) -> dict[str, str]:
