@@ -418,3 +418,47 @@ def test_depth_recipe_trains_saves_and_resumes(tmp_path):
              log=lambda s: None)
     shipped = json.loads((ASSETS / "world-vlm-small" / "posfeat.json").read_text())["stem"]
     assert json.loads((tmp_path / "cont" / "posfeat.json").read_text())["stem"] == shipped
+
+
+def test_grown_backbone_computes_what_the_small_one_did(tmp_path):
+    """Block expansion: the shipped small backbone grown to twice its text and vision depth saves, loads
+    through from_pretrained (+ posfeat) with the new depths, gives the same logits, and its zeroed
+    projections get gradients; a depth that is not a multiple is a ConfigError."""
+    from spatialt2i.errors import ConfigError
+    from spatialt2i.reward.grow import grow_backbone, grown_index
+
+    small, tok, ip = load_backbone(ASSETS / "world-vlm-small")
+    out = grow_backbone("asset:world-vlm-small", tmp_path / "base", text_layers=12, vision_depth=4)
+    big, _, _ = load_backbone(out)
+    tc, vc = big.config.text_config, big.config.vision_config
+    assert (tc.num_hidden_layers, len(tc.layer_types), vc.depth) == (12, 12, 4)
+    assert vc.fullatt_block_indexes == [2, 3] and grown_index(3, 2) == 6
+    assert posfeat.attached(big).stem is not None
+    sm = WorldSampler(tok, seed=5, pool=5)
+    sm.layouts.fill()
+    batch = collate([sm.sample(False, True, PretrainConfig()) for _ in range(3)], tok, ip, answer_ids(tok))
+    small.eval()
+    big.eval()
+    with torch.no_grad():
+        ref = small(**batch.inputs).logits
+    big_logits = big(**batch.inputs).logits
+    assert torch.allclose(ref, big_logits, atol=1e-4, rtol=1e-4)
+    big_logits.float().logsumexp(-1).mean().backward()
+    new = big.model.language_model.layers[1].self_attn.o_proj.weight
+    assert new.abs().sum() == 0 and new.grad is not None and new.grad.abs().sum() > 0
+    assert big.model.visual.blocks[1].attn.proj.weight.grad.abs().sum() > 0
+    with pytest.raises(ConfigError, match="text_layers"):
+        grow_backbone("asset:world-vlm-small", tmp_path / "bad", text_layers=9, vision_depth=4)
+
+
+def test_fixed_steps_and_hint_layers(tmp_path):
+    """``steps`` > 0 fixes the run's length (the minutes only cap it); ``hint_layers`` picks the layers the
+    attention hints supervise (a grown backbone keeps its hints where they were); three indices or a ConfigError."""
+    from spatialt2i.errors import ConfigError
+    from spatialt2i.reward.pretrain import load_config, pretrain
+
+    cfg = PretrainConfig(text_layers=4, steps=3, minutes=10.0, batch=4, eval_every=100.0, eval_pairs=0,
+                         eval_questions=4, pool=8, w_hint=1.0, hint_layers=[0, 2, 3], threads=1)
+    assert pretrain(tmp_path / "run", cfg, log=lambda s: None)["steps"] == 3
+    with pytest.raises(ConfigError, match="hint_layers"):
+        load_config(None, hint_layers=[0, 1])

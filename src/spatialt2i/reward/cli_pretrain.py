@@ -1,4 +1,4 @@
-"""CLI: ``spatialt2i reward init-tiny`` and ``spatialt2i world pretrain-vlm``."""
+"""CLI: ``spatialt2i reward init-tiny``, ``spatialt2i reward grow`` and ``spatialt2i world pretrain-vlm``."""
 
 from __future__ import annotations
 
@@ -15,6 +15,17 @@ def _init_tiny(args: argparse.Namespace) -> int:
     return 0
 
 
+def _grow(args: argparse.Namespace) -> int:
+    from .grow import grow_backbone
+    from .tiny import SIZES
+
+    text_layers = args.text_layers or SIZES[args.size]["layers"]
+    vision_depth = args.vision_depth or SIZES[args.size]["vis_depth"]
+    out = grow_backbone(args.model, args.out, text_layers, vision_depth)
+    print(f"wrote {args.model} grown to {text_layers} text layers and {vision_depth} vision blocks to {out}")
+    return 0
+
+
 def _pretrain(args: argparse.Namespace) -> int:
     import os
 
@@ -22,8 +33,8 @@ def _pretrain(args: argparse.Namespace) -> int:
     from .pretrain import load_config, pretrain
 
     preset = args.config or f"vlm-pretrain-{args.size or 'small'}"
-    cfg = load_config(preset, size=args.size, minutes=args.minutes, pairs_data=args.pairs_data, seed=args.seed,
-                      threads=args.threads, init_from=args.init_from)
+    cfg = load_config(preset, size=args.size, minutes=args.minutes, steps=args.steps, pairs_data=args.pairs_data,
+                      seed=args.seed, threads=args.threads, init_from=args.init_from)
     meta = pretrain(args.out, cfg, resume=args.resume, log=lambda s: print(s, flush=True))
     if args.json:
         print(json.dumps(meta.get("history", [])[-1:] or meta))
@@ -54,10 +65,19 @@ def register(groups: dict) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_init_tiny)
 
+    p = groups["reward"].add_parser("grow", help="grow a pretrained tiny backbone deeper, computing the same function")
+    p.add_argument("--model", required=True, help="backbone folder or asset:NAME (e.g. asset:world-vlm-small)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--size", choices=("base",), default="base", help="target depths from this tiny size")
+    p.add_argument("--text-layers", type=int, default=0, help="text decoder layers (overrides --size)")
+    p.add_argument("--vision-depth", type=int, default=0, help="vision blocks (overrides --size)")
+    p.set_defaults(func=_grow)
+
     p = groups["world"].add_parser("pretrain-vlm", help="pretrain the tiny Qwen2.5-VL backbone on world scenes")
     p.add_argument("--out", required=True, help="output folder (a from_pretrained folder when done)")
     p.add_argument("--size", choices=("small", "base"), default=None, help="tiny size (default: the preset's)")
     p.add_argument("--minutes", type=float, default=None, help="training minutes (evaluation excluded)")
+    p.add_argument("--steps", type=int, default=None, help="fixed training steps (then --minutes only caps the run)")
     p.add_argument("--config", default=None, help="YAML file or preset (default: vlm-pretrain-SIZE)")
     p.add_argument("--pairs-data", default=None, help="pair dataset for the zero-shot pair metric")
     p.add_argument("--seed", type=int, default=None)

@@ -90,6 +90,7 @@ class PretrainConfig:
     size: str = "small"
     text_layers: int = 0             # > 0: override the size's number of text layers
     minutes: float = 45.0            # training time (evaluation excluded)
+    steps: int = 0                   # > 0: a fixed number of steps (the schedule spans them; minutes only caps)
     batch: int = 24                  # sequences per step
     lr: float = 1e-3
     min_lr_frac: float = 0.1
@@ -119,6 +120,7 @@ class PretrainConfig:
     w_cmp: float = 0.0               # relation-agnostic comparison of a clause's first two objects
     w_itm: float = 0.0               # image-text matching at the <reward> token after statements
     w_hint: float = 0.0              # attention hints (reward/attn_hints.py); > 0 trains with eager attention
+    hint_layers: list[int] = dataclasses.field(default_factory=list)  # (bind, ground, role); [] = attn_hints.default_layers
     eval_every: float = 5.0          # minutes of training between evaluations
     eval_questions: int = 400
     eval_pairs: int = 200            # zero-shot pairs (0: skip)
@@ -149,6 +151,9 @@ def load_config(path_or_preset: str | None, **overrides: Any) -> PretrainConfig:
     if not 0.0 <= cfg.p_overlap <= 1.0:
         from ..errors import ConfigError
         raise ConfigError(f"{where}: p_overlap must lie in [0, 1], got {cfg.p_overlap}")
+    if cfg.hint_layers and (len(cfg.hint_layers) != 3 or min(cfg.hint_layers) < 0):
+        from ..errors import ConfigError
+        raise ConfigError(f"{where}: hint_layers must be three layer indices (bind, ground, role), got {cfg.hint_layers}")
     return cfg
 
 
@@ -293,12 +298,16 @@ def pretrain(out_dir: str | os.PathLike, cfg: PretrainConfig, resume: bool = Fal
         return m
 
     total = cfg.minutes * 60
+
+    def more() -> bool:
+        return train_s < total and (cfg.steps <= 0 or step < cfg.steps)
+
     last_eval, last_ckpt = train_s, train_s
     run_logs: list[dict] = []
     model.train()
-    while train_s < total:
+    while more():
         ts = time.time()
-        progress = train_s / total
+        progress = step / cfg.steps if cfg.steps > 0 else train_s / total
         p_easy = max(0.0, 1.0 - progress / cfg.curriculum) * 0.9 if cfg.curriculum > 0 else 0.0
         p_easy = max(p_easy, cfg.p_easy_end)
         sampler.p_canonical = max(0.0, 1.0 - progress / cfg.canonical) if cfg.canonical > 0 else 0.0
@@ -326,7 +335,7 @@ def pretrain(out_dir: str | os.PathLike, cfg: PretrainConfig, resume: bool = Fal
             avg = {k: float(np.nanmean([d[k] for d in run_logs if k in d])) for k in run_logs[-1]}
             log(f"step {step} t {train_s:.0f}s p_easy {p_easy:.2f} " + " ".join(f"{k} {v:.3f}" for k, v in avg.items()))
             run_logs = []
-        final = train_s >= total
+        final = not more()
         if train_s - last_eval >= cfg.eval_every * 60 or final:
             m = do_eval()
             history.append(m)

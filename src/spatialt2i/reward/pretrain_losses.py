@@ -90,7 +90,8 @@ def forward_losses(model: nn.Module, probes: Probes, b: Batch, cfg: PretrainConf
     logs: dict[str, float] = {}
     loss = h.new_zeros(())
     if cfg.w_hint > 0:
-        lh, hl = hint_losses(out.attentions, b.hints, *default_layers(len(out.attentions)))
+        layers = cfg.hint_layers or default_layers(len(out.attentions))
+        lh, hl = hint_losses(out.attentions, b.hints, *layers)
         loss = loss + cfg.w_hint * lh
         logs.update(hl)
     for name, probe, rows, w in (("truth", probes.truth, b.truth, cfg.w_truth), ("itm", probes.itm, b.itm, cfg.w_itm)):

@@ -11,7 +11,7 @@ processor, all ``from_pretrained``):
   every image is resized to 64x64, giving 8x8 patches and **16 visual tokens** (the stock patch 14
   would give 4 tokens for a 64 px image);
 - the model, random init, in one of two sizes (``base`` larger than ``small``, for the backbone
-  scaling check).
+  scaling check; the shipped ``base`` is grown from the shipped ``small``, :mod:`spatialt2i.reward.grow`).
 
 Random weights do not understand spatial relations (``notes/world-reward-learnability.md``); the
 world pretraining command starts from this folder.
@@ -38,8 +38,9 @@ MERGE_SIZE = 2
 SIZES: dict[str, dict[str, Any]] = {
     "small": dict(hidden=128, layers=4, heads=4, kv_heads=2, mlp=384, vis_depth=2, vis_hidden=128, vis_heads=4,
                   vis_mlp=256),
-    "base": dict(hidden=256, layers=6, heads=8, kv_heads=4, mlp=768, vis_depth=4, vis_hidden=192, vis_heads=6,
-                 vis_mlp=384),
+    # twice the shipped small's depth at its width: grown from it (reward/grow.py) rather than trained from scratch
+    "base": dict(hidden=128, layers=12, heads=4, kv_heads=2, mlp=384, vis_depth=4, vis_hidden=128, vis_heads=4,
+                 vis_mlp=256),
 }
 CHAT_WORDS = ("system user assistant : you are a helpful assistant . yes no true false ? ! "
               "0 1 2 3 4 5 6 7 8 9 describe the image , please . rate the image from 0 to 10 .")
