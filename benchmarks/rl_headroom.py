@@ -6,7 +6,8 @@ images per held-out world prompt with the RL preset's rollout sampler (flow_sde,
 ``--sde-steps 0`` injects noise in the first step only) and prints, by the oracle: the mean
 all-correct rate (what RL starts from), best-of-G (a prompt counts if any of its G samples is
 all-correct), the histogram of per-prompt success rates, and, over the relations whose objects were
-drawn, the accuracy per relation kind beside chance (the same objects at random places).
+drawn, the accuracy per relation kind beside chance (the same objects at random places, 10 layouts
+per prompt).
 
     python benchmarks/rl_headroom.py [--generator DIR] [--prompts 100] [--group 12] [--sde-steps 0,1]
 """
@@ -63,7 +64,7 @@ def main() -> None:
     s = np.array(success, float)
     per_prompt = s.mean(1)
     hist, edges = np.histogram(per_prompt, bins=[0, 1e-9, 0.1, 0.25, 0.5, 1.0 + 1e-9])
-    chance = random_placement(scenes)["per_relation"]
+    chance = random_placement(scenes, draws=10)["per_relation"]
     print(f"generator: {path}; {len(prompts)} held-out prompts x {args.group} samples "
           f"({sc.dynamics}, noise {sc.noise_level}, {sc.steps} steps, noisy steps {sde or 'all'}); "
           f"{time.perf_counter() - t0:.0f} s")

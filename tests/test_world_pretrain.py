@@ -131,6 +131,10 @@ def test_random_placement_draws_every_object_and_ignores_positions() -> None:
     assert r == random_placement(scenes, seed=1)                    # seeded
     sizes = [v["accuracy"] for k, v in r["per_relation"].items() if k in ("bigger", "smaller")]
     assert sizes and all(a == 1.0 for a in sizes)                   # sizes come from the objects
+    r3 = random_placement(scenes[:5], seed=1, draws=3)              # pooled layouts
+    assert r3["relations_drawn"] == 3 * sum(len(s.relations) for s in scenes[:5])
+    with pytest.raises(ValueError, match="draws"):
+        random_placement(scenes, draws=0)
 
 
 @pytest.mark.skipif(not (SHIPPED_GENERATOR / "model_index.json").is_file(), reason="no shipped checkpoint")
