@@ -1,6 +1,6 @@
 """SpatialScore on the built-in world: fine-tune the shipped backbone with the world preset, then evaluate.
 
-    python benchmarks/reward_world.py [--sizes small[,base]] [--data DIR] [--out DIR] [--base-model DIR]
+    python benchmarks/reward_world.py [--sizes small[,base]] [--data DIR] [--out DIR] [--base-model DIR[,DIR]]
                                       [--max-minutes M] [--zeroshot-pairs N] [--json]
 
 1. The default world dataset: ``spatialt2i data build`` with its defaults (2000 pairs, seed 0, the
@@ -14,7 +14,9 @@
 4. ``reward eval`` on the held-out test split with the random and oracle baselines: accuracy overall,
    the paper's 1-perturbation / 2-3-perturbation split, per kind and relation bucket, mean mu gap;
    the learning curve from the run's periodic evaluations; the targets (95.8 % overall, 93.9 % on
-   1-perturbation pairs: the paper's SpatialScore figures). With two sizes, whether base beats small.
+   1-perturbation pairs: the paper's SpatialScore figures). With two sizes, whether base beats small
+   on the same test pairs: the pairs only one of them gets right and the exact McNemar p-value (a
+   difference of a few pairs in 1000 is noise).
 """
 
 from __future__ import annotations
@@ -58,7 +60,7 @@ def learning_curve(run: Path) -> list[dict[str, float]]:
     return [{"step": r["step"], "acc": r["eval/acc"], "acc_1": r["eval/acc_1"]} for r in rows if "eval/acc" in r]
 
 
-def run_size(size: str, args: argparse.Namespace, data: Path, out: Path) -> dict:
+def run_size(size: str, backbone_arg: str | None, args: argparse.Namespace, data: Path, out: Path) -> dict:
     import torch
 
     from spatialt2i.reward.evaluate import evaluate_dataset, format_table
@@ -67,7 +69,7 @@ def run_size(size: str, args: argparse.Namespace, data: Path, out: Path) -> dict
     from spatialt2i.reward.trainer import train_reward
 
     torch.set_num_threads(args.threads)
-    over: dict = {"base_model": args.base_model or f"asset:world-vlm-{size}"}
+    over: dict = {"base_model": backbone_arg or f"asset:world-vlm-{size}"}
     if args.max_minutes is not None:
         over["max_minutes"] = args.max_minutes
     cfg = load_train_config(args.config, over)
@@ -83,7 +85,8 @@ def run_size(size: str, args: argparse.Namespace, data: Path, out: Path) -> dict
     res = train_reward(cfg, data, run, resume=(run / "train_config.json").is_file(), progress=not args.json)
     t_train = time.monotonic() - t1
     t2 = time.monotonic()
-    report = evaluate_dataset(run / "model", data, "test", batch_size=32, baselines=[RandomJudge(0), OracleJudge()])
+    report = evaluate_dataset(run / "model", data, "test", batch_size=32, baselines=[RandomJudge(0), OracleJudge()],
+                              keep_credit=True)
     t_eval = time.monotonic() - t2
     model = report["systems"]["SpatialScore"]
     return {"size": size, "backbone": backbone, "config": args.config, "zero_shot": zs, "report": report,
@@ -99,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", default="small", help="comma list of shipped backbone sizes: small, base")
     ap.add_argument("--config", default="world", help="training preset or YAML")
-    ap.add_argument("--base-model", help="backbone folder (overrides the shipped asset; one size only)")
+    ap.add_argument("--base-model", help="backbone folders, one per --sizes entry (override the shipped assets)")
     ap.add_argument("--data", default=str(Path.home() / ".cache" / "spatialt2i" / "world-default"))
     ap.add_argument("--out", help="run folder (default: a temporary folder)")
     ap.add_argument("--max-minutes", type=float, help="override the preset's training budget")
@@ -109,16 +112,26 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     sizes = [s.strip() for s in args.sizes.split(",") if s.strip()]
-    if args.base_model and len(sizes) > 1:
-        raise SystemExit("--base-model names one backbone; use it with a single --sizes entry")
+    backbones = [b.strip() for b in args.base_model.split(",")] if args.base_model else [None] * len(sizes)
+    if len(backbones) != len(sizes):
+        raise SystemExit(f"--base-model names {len(backbones)} backbone(s) for {len(sizes)} size(s); give one per size")
     data = default_dataset(Path(args.data).expanduser())
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(args.out) if args.out else Path(tmp)
         t0 = time.monotonic()
-        results = [run_size(size, args, data, out) for size in sizes]
+        results = [run_size(size, bb, args, data, out) for size, bb in zip(sizes, backbones)]
         total = time.monotonic() - t0
+    by = {r["size"]: r for r in results}
+    scaling = None
+    if "small" in by and "base" in by:
+        from spatialt2i.reward.evaluate import paired_test
+
+        scaling = paired_test(by["base"]["report"], by["small"]["report"])
+        scaling.update(base=by["base"]["overall"], small=by["small"]["overall"])
     if args.json:
-        print(json.dumps({"data": str(data), "total_wall_s": total,
+        for r in results:
+            r["report"] = {k: v for k, v in r["report"].items() if k not in ("ids", "credit")}
+        print(json.dumps({"data": str(data), "total_wall_s": total, "scaling": scaling,
                           "runs": [{k: v for k, v in r.items() if k != "table"} for r in results]}, indent=2))
     else:
         for r in results:
@@ -134,11 +147,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"target overall >= {100 * TARGET_OVERALL:.1f}% and 1-pert >= {100 * TARGET_ONE:.1f}%: "
                   f"{'MET' if r['meets_target'] else 'NOT met'} ({100 * r['overall']:.1f}% / {100 * r['one_pert']:.1f}%); "
                   f"within 20 min: {'yes' if r['train_wall_s'] <= 1200 else 'no'}")
-        if len(results) > 1:
-            by = {r["size"]: r["overall"] for r in results}
-            if "small" in by and "base" in by:
-                print(f"\nbackbone scaling: base {100 * by['base']:.1f}% vs small {100 * by['small']:.1f}%: "
-                      f"{'base wins' if by['base'] > by['small'] else 'base does NOT beat small'}")
+        if scaling:
+            verdict = ("base wins" if scaling["base"] > scaling["small"] else "base does NOT beat small")
+            print(f"\nbackbone scaling: base {100 * scaling['base']:.1f}% vs small {100 * scaling['small']:.1f}%: "
+                  f"{verdict}; pairs only base / only small gets right: {scaling['only_a']} / {scaling['only_b']}, "
+                  f"exact McNemar p = {scaling['p']:.3f}")
         print(f"total wall time {total / 60:.1f} min")
     return 0
 

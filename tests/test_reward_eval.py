@@ -62,9 +62,13 @@ def test_eval_table_with_model_random_and_oracle(ckpt: Path, dataset: Path, tmp_
             rows[2]["rejected"] = {"bytes": b"GIF89a nope", "path": None}
 
     data = rewrite_dataset(dataset, tmp_path / "ds", corrupt)
-    rep = evaluate_dataset(ckpt, data, split="train", batch_size=8, baselines=[RandomJudge(0), OracleJudge()])
+    rep = evaluate_dataset(ckpt, data, split="train", batch_size=8, baselines=[RandomJudge(0), OracleJudge()],
+                           keep_credit=True)
     n_rows = 27  # 30 pairs, 3 in the test split
     assert rep["pairs"] == n_rows - 1 and [s["id"] for s in rep["skipped"]] == [bad_id]
+    assert len(rep["ids"]) == rep["pairs"] and bad_id not in rep["ids"]
+    for name, credit in rep["credit"].items():                 # per-pair credit behind each column
+        assert sum(credit) / len(credit) == pytest.approx(rep["systems"][name]["overall"]["acc"])
     assert "'rejected'" in rep["skipped"][0]["reason"]
     systems = rep["systems"]
     assert list(systems) == [MODEL_NAME, "random", "oracle"]
@@ -116,3 +120,25 @@ def test_dataset_without_needed_columns_is_named(dataset: Path, tmp_path: Path) 
         evaluate_dataset(None, no_rejected, baselines=[RandomJudge()])
     with pytest.raises(DatasetError, match="'valid'"):
         evaluate_dataset(None, dataset, split="valid", baselines=[RandomJudge()])
+
+
+def test_paired_test_counts_discordant_pairs_and_gives_the_exact_p() -> None:
+    from spatialt2i.errors import ConfigError
+    from spatialt2i.reward.evaluate import paired_test
+
+    def rep(credit: list[float], ids: list[str] | None = None) -> dict:
+        return {"ids": ids or [str(i) for i in range(len(credit))], "credit": {"SpatialScore": credit}}
+
+    a = rep([1, 1, 1, 1, 1, 0, 0.5, 1])
+    b = rep([0, 0, 0, 0, 0, 0, 1, 1])                            # a alone right 5 times, b never (0.5: neither)
+    assert paired_test(a, b) == {"only_a": 5, "only_b": 0, "p": pytest.approx(2 / 32)}
+    assert paired_test(b, a)["only_b"] == 5
+    assert paired_test(a, a) == {"only_a": 0, "only_b": 0, "p": 1.0}
+    # 18 vs 13 discordant: two-sided exact binomial p = 2 * P(X <= 13 | n=31, 1/2)
+    c = rep([1.0] * 18 + [0.0] * 13)
+    d = rep([0.0] * 18 + [1.0] * 13)
+    assert paired_test(c, d)["p"] == pytest.approx(0.4731, abs=1e-4)
+    with pytest.raises(ConfigError, match="same pairs"):
+        paired_test(a, rep([1] * 8, ids=list("abcdefgh")))
+    with pytest.raises(ConfigError, match="keep_credit"):
+        paired_test(a, {"systems": {}})

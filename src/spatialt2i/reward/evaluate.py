@@ -83,9 +83,10 @@ def _check(data: str | os.PathLike, split: str, baselines: Sequence[PairJudge]) 
 
 def evaluate_dataset(model: str | os.PathLike | Any | None, data: str | os.PathLike, split: str = "test",
                      batch_size: int = 16, limit: int = 0, baselines: Sequence[PairJudge] = (),
-                     progress: bool = False, device: str | None = None) -> dict[str, Any]:
+                     progress: bool = False, device: str | None = None, keep_credit: bool = False) -> dict[str, Any]:
     """The evaluation report (a JSON-ready dict); ``model`` is a checkpoint folder, a loaded SpatialScore,
-    or None for baselines only."""
+    or None for baselines only. ``keep_credit`` adds ``ids`` and ``credit`` (per system, per pair in the
+    order of ``ids``) for paired comparisons (:func:`paired_test`)."""
     from .model import SpatialScore
 
     if model is None and not baselines:
@@ -103,6 +104,7 @@ def evaluate_dataset(model: str | os.PathLike | Any | None, data: str | os.PathL
     kinds: list[str | None] = []
     nrel: list[int | None] = []
     gaps: list[float] = []
+    ids: list[str] = []
     skipped: list[dict[str, str]] = []
 
     def on_skip(rid: str, reason: str) -> None:
@@ -117,11 +119,11 @@ def evaluate_dataset(model: str | os.PathLike | Any | None, data: str | os.PathL
         seen += 1
         chunk.append(row)
         if len(chunk) == batch_size:
-            _score_chunk(chunk, scorer, baselines, credits, failures, npert, kinds, nrel, gaps, on_skip, batch_size)
+            _score_chunk(chunk, scorer, baselines, credits, failures, npert, kinds, nrel, gaps, ids, on_skip, batch_size)
             bar.update(len(chunk))
             chunk = []
     if chunk:
-        _score_chunk(chunk, scorer, baselines, credits, failures, npert, kinds, nrel, gaps, on_skip, batch_size)
+        _score_chunk(chunk, scorer, baselines, credits, failures, npert, kinds, nrel, gaps, ids, on_skip, batch_size)
         bar.update(len(chunk))
     bar.close()
     if not npert:
@@ -135,13 +137,38 @@ def evaluate_dataset(model: str | os.PathLike | Any | None, data: str | os.PathL
             t["failures"] = failures[name]
         systems[name] = t
     model_name = None if model is None else "<in memory>" if isinstance(model, SpatialScore) else str(model)
-    return {"data": str(data), "split": split, "model": model_name, "pairs": len(npert), "skipped": skipped,
-            "systems": systems}
+    report = {"data": str(data), "split": split, "model": model_name, "pairs": len(npert), "skipped": skipped,
+              "systems": systems}
+    if keep_credit:
+        report.update(ids=ids, credit=credits)
+    return report
+
+
+def paired_test(report_a: dict[str, Any], report_b: dict[str, Any], system: str = MODEL_NAME) -> dict[str, Any]:
+    """Exact two-sided McNemar test of ``system`` in two reports made with ``keep_credit`` on the same pairs.
+
+    Only discordant pairs count (one right, the other wrong; ties are half right and count as neither):
+    under "equally good" each is the first's with probability 1/2, so p = P(Binomial(n, 1/2) is at least as
+    far from n/2 as observed). Returns ``only_a``, ``only_b`` and ``p``."""
+    from math import comb
+
+    for name, rep in (("first", report_a), ("second", report_b)):
+        if "credit" not in rep or system not in rep["credit"]:
+            raise ConfigError(f"paired_test: the {name} report has no per-pair credit for {system!r} "
+                              f"(evaluate with keep_credit=True)")
+    if report_a["ids"] != report_b["ids"]:
+        raise ConfigError("paired_test: the two reports are not on the same pairs (ids differ)")
+    a, b = report_a["credit"][system], report_b["credit"][system]
+    only_a = sum(1 for x, y in zip(a, b) if x == 1 and y == 0)
+    only_b = sum(1 for x, y in zip(a, b) if x == 0 and y == 1)
+    n, k = only_a + only_b, min(only_a, only_b)
+    p = min(1.0, 2 * sum(comb(n, i) for i in range(k + 1)) / 2 ** n) if n else 1.0
+    return {"only_a": only_a, "only_b": only_b, "p": p}
 
 
 def _score_chunk(rows: list[dict[str, Any]], scorer: Any, baselines: Sequence[PairJudge], credits: dict[str, list[float]],
-                 failures: dict[str, int], npert: list, kinds: list, nrel: list, gaps: list, on_skip: Any,
-                 batch_size: int) -> None:
+                 failures: dict[str, int], npert: list, kinds: list, nrel: list, gaps: list, ids: list,
+                 on_skip: Any, batch_size: int) -> None:
     batch = collate_pairs(rows, on_skip)
     if not len(batch):
         return
@@ -158,6 +185,7 @@ def _score_chunk(rows: list[dict[str, Any]], scorer: Any, baselines: Sequence[Pa
         c, f = b.credit(batch, scenes)
         credits[b.name].extend(c)
         failures[b.name] += f
+    ids.extend(batch.ids)
     npert.extend(batch.n_perturbations)
     kinds.extend(batch.perturbation_kinds)
     nrel.extend(batch.n_relations)
