@@ -451,14 +451,27 @@ def test_grown_backbone_computes_what_the_small_one_did(tmp_path):
         grow_backbone("asset:world-vlm-small", tmp_path / "bad", text_layers=9, vision_depth=4)
 
 
-def test_fixed_steps_and_hint_layers(tmp_path):
+def test_fixed_steps_and_hint_layers(tmp_path, monkeypatch):
     """``steps`` > 0 fixes the run's length (the minutes only cap it); ``hint_layers`` picks the layers the
     attention hints supervise (a grown backbone keeps its hints where they were); three indices or a ConfigError."""
     from spatialt2i.errors import ConfigError
     from spatialt2i.reward.pretrain import load_config, pretrain
 
+    from spatialt2i.reward import pretrain_losses
+
+    seen = []
+    real = pretrain_losses.hint_losses
+
+    def spy(attentions, hints, *layers):
+        seen.append(layers)
+        return real(attentions, hints, *layers)
+
+    monkeypatch.setattr(pretrain_losses, "hint_losses", spy)
     cfg = PretrainConfig(text_layers=4, steps=3, minutes=10.0, batch=4, eval_every=100.0, eval_pairs=0,
                          eval_questions=4, pool=8, w_hint=1.0, hint_layers=[0, 2, 3], threads=1)
     assert pretrain(tmp_path / "run", cfg, log=lambda s: None)["steps"] == 3
+    assert seen and set(seen) == {(0, 2, 3)}                       # the hints supervise the configured layers
     with pytest.raises(ConfigError, match="hint_layers"):
         load_config(None, hint_layers=[0, 1])
+    with pytest.raises(ConfigError, match="4-layer"):
+        pretrain(tmp_path / "bad", dataclasses.replace(cfg, hint_layers=[0, 2, 4]), log=lambda s: None)

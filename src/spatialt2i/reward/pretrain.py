@@ -240,6 +240,10 @@ def pretrain(out_dir: str | os.PathLike, cfg: PretrainConfig, resume: bool = Fal
 
     model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
         str(init_dir), dtype=torch.float32, attn_implementation="eager" if cfg.w_hint > 0 else None)
+    n_layers = model.config.text_config.num_hidden_layers
+    if cfg.w_hint > 0 and cfg.hint_layers and max(cfg.hint_layers) >= n_layers:
+        from ..errors import ConfigError
+        raise ConfigError(f"pretrain-vlm: hint_layers {cfg.hint_layers} name a layer the {n_layers}-layer backbone lacks")
     pf = posfeat.attach_if_present(model, init_dir) or posfeat.new(model, seed=cfg.seed, coord_scale=cfg.coord_scale)
     pf.merge = model.config.vision_config.spatial_merge_size
     if cfg.stem_channels and pf.stem is None:
