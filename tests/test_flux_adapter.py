@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 
@@ -201,6 +202,24 @@ def test_prompt_cache_encodes_each_prompt_once(gen: FluxGenerator, monkeypatch: 
     ref, pooled, _ = orig(prompt=[PROMPTS[1]], prompt_2=None, max_sequence_length=MSL)
     torch.testing.assert_close(e2.prompt_embeds[:1], ref)
     torch.testing.assert_close(e2.pooled[:1], pooled)
+
+
+def test_long_prompts_warn_once_and_briefly(gen: FluxGenerator, caplog: pytest.LogCaptureFixture) -> None:
+    # diffusers warns per batch and prints every prompt's cut-off tail, padding included; the
+    # adapter says it once, in one line, and the embeddings are FluxPipeline's own
+    gen.clear_prompt_cache()
+    gen._clip_warned = False
+    long = " and ".join(["a small red circle to the left of a large blue square"] * 12)
+    with caplog.at_level(logging.WARNING):
+        e = gen.encode_prompts([long, PROMPTS[0]])
+        gen.encode_prompts([long + " again"])
+    msgs = [r.getMessage() for r in caplog.records]
+    assert not any("truncated because CLIP" in m for m in msgs), msgs
+    clip = [m for m in msgs if "longer than CLIP's" in m]
+    assert len(clip) == 1 and clip[0].startswith("1 of 2 prompts"), msgs
+    ref, pooled, _ = gen.pipe.encode_prompt(prompt=[long], prompt_2=None, max_sequence_length=MSL)
+    torch.testing.assert_close(e.prompt_embeds[:1], ref)
+    torch.testing.assert_close(e.pooled[:1], pooled)
 
 
 def test_bad_generator_paths_raise_clear_errors(tmp_path: Path) -> None:

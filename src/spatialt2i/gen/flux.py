@@ -26,6 +26,8 @@ the sampling and replay loops (:meth:`FluxGenerator.sample`, :meth:`FluxGenerato
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -44,6 +46,27 @@ __all__ = ["DEFAULT_MAX_SEQUENCE_LENGTH", "FluxGenerator", "GeneratorLoadError",
            "calculate_shift", "check_flux_folder", "image_ids", "pack_latents", "unpack_latents"]
 
 DEFAULT_MAX_SEQUENCE_LENGTH = 512
+
+log = logging.getLogger(__name__)
+
+
+class _DropClipTruncation(logging.Filter):
+    """Drops FluxPipeline's per-batch CLIP truncation warning (it prints every prompt's cut-off
+    tail, padding included); :meth:`FluxGenerator.encode_prompts` says it once, briefly."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "truncated because CLIP" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _quiet_clip_truncation():
+    logger = logging.getLogger("diffusers.pipelines.flux.pipeline_flux")
+    f = _DropClipTruncation()
+    logger.addFilter(f)
+    try:
+        yield
+    finally:
+        logger.removeFilter(f)
 
 
 class FluxGenerator(FluxSampling):
@@ -75,6 +98,7 @@ class FluxGenerator(FluxSampling):
         self.scheduler = FlowMatchEulerDiscreteScheduler.from_config(pipe.scheduler.config)
         self._cache: OrderedDict[tuple[str, int], tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
         self._cache_size = int(prompt_cache_size)
+        self._clip_warned = False
         self._ids: dict[tuple, torch.Tensor] = {}
         self.check_resolution(self.height, self.width)
 
@@ -152,8 +176,10 @@ class FluxGenerator(FluxSampling):
         msl = self.max_sequence_length
         missing = list(dict.fromkeys(p for p in prompts if (p, msl) not in self._cache))
         if missing:
-            embeds, pooled, _ = self.pipe.encode_prompt(prompt=missing, prompt_2=None, device=self.device,
-                                                        max_sequence_length=msl)
+            self._warn_clip_truncation(missing)
+            with _quiet_clip_truncation():
+                embeds, pooled, _ = self.pipe.encode_prompt(prompt=missing, prompt_2=None, device=self.device,
+                                                            max_sequence_length=msl)
             for i, p in enumerate(missing):
                 self._cache[(p, msl)] = (embeds[i].detach(), pooled[i].detach())
         rows = []
@@ -163,6 +189,20 @@ class FluxGenerator(FluxSampling):
         while len(self._cache) > max(self._cache_size, len(set(prompts))):
             self._cache.popitem(last=False)
         return PromptEmbeds(torch.stack([r[0] for r in rows]), torch.stack([r[1] for r in rows]))
+
+    def _warn_clip_truncation(self, prompts: Sequence[str]) -> None:
+        """One warning per generator when a prompt is longer than CLIP's window (FLUX.1-dev's CLIP
+        pooled vector then sees its first ``tokenizer_max_length`` tokens; T5 sees the whole prompt)."""
+        tok = self.pipe.tokenizer
+        if tok is None or self._clip_warned:
+            return
+        n = self.pipe.tokenizer_max_length
+        long = sum(len(ids) > n for ids in tok(list(prompts), truncation=False, verbose=False).input_ids)
+        if long:
+            self._clip_warned = True
+            log.warning("%d of %d prompts are longer than CLIP's %d tokens: its pooled vector sees their first %d "
+                        "(T5 sees up to %d); said once per generator", long, len(prompts), n, n,
+                        self.max_sequence_length)
 
     def clear_prompt_cache(self) -> None:
         self._cache.clear()
