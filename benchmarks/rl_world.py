@@ -26,7 +26,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 def run_rl(generator: str, out: Path, overrides: dict[str, Any], minutes: float | None,
            iterations: int | None = None, eval_n: int = 200, reward: str | None = None) -> dict[str, Any]:
     """Base eval, GRPO run, final eval; returns {"base", "after", "train_minutes", "iterations", ...}."""
-    from spatialt2i.bench.indomain import evaluate, image_grid
+    from spatialt2i.bench.indomain import evaluate, image_grid, paired_change
     from spatialt2i.rl.cli import load_generator
     from spatialt2i.rl.config import load_rl_config
     from spatialt2i.rl.prompts import heldout_prompts
@@ -60,7 +60,7 @@ def run_rl(generator: str, out: Path, overrides: dict[str, Any], minutes: float 
     res = {"base": strip(base), "after": strip(after), "train_minutes": wall / 60, "iterations": len(history),
            "rollout_minutes": sum(h["rollout_s"] for h in history) / 60,
            "update_minutes": sum(h["iteration_s"] - h["rollout_s"] for h in history) / 60,
-           "config": {k: v for k, v in ov.items()}}
+           "change": paired_change(base, after), "config": {k: v for k, v in ov.items()}}
     (out / "rl_world.json").write_text(json.dumps(res, indent=2) + "\n")
     return res
 
@@ -83,6 +83,7 @@ def main() -> None:
     import torch
     import yaml
 
+    from spatialt2i.bench.indomain import describe_change
     from spatialt2i.rl.cli import resolve_generator
 
     torch.set_num_threads(args.threads)
@@ -95,6 +96,7 @@ def main() -> None:
           f"(rollout {res['rollout_minutes']:.1f}, update {res['update_minutes']:.1f}); {b['n_prompts']} held-out prompts")
     print(line("base", b))
     print(line("after", a))
+    print(describe_change(res["change"]))
     ok = (a["all_correct"] >= 2 * b["all_correct"] and a["all_correct"] >= b["all_correct"] + 0.20
           and a["presence"] >= b["presence"] - 0.05)
     print(f"issue bar (>= 2x base, >= +20 points, presence -5 points at most): {'MET' if ok else 'NOT MET'}")

@@ -443,7 +443,12 @@ def test_bench_indomain_cli_reports_base_and_lora(tiny_dir: Path, tmp_path: Path
                "--n", "3", "--steps", "2", "--max-sequence-length", "32", "--json", "--out", str(tmp_path / "b")])
     assert rc == 0
     report = json.loads(capsys.readouterr().out)
-    assert set(report) == {"base", "lora"}
+    assert set(report) == {"base", "lora", "change"}
+    change = report.pop("change")
+    base, lora = report["base"]["correct"], report["lora"]["correct"]
+    assert len(base) == len(lora) == 3 and report["base"]["all_correct"] == pytest.approx(sum(base) / 3)
+    assert change["only_before"] == sum(b > a for b, a in zip(base, lora))
+    assert change["only_after"] == sum(a > b for b, a in zip(base, lora))
     for r in report.values():
         assert r["n_prompts"] == 3 and r["reward"] == "oracle"
         assert 0 <= r["all_correct"] <= 1 and 0 <= r["presence"] <= 1

@@ -87,8 +87,11 @@ def stage_eval(out: Path, size: DemoSize) -> dict:
                  "--reward", str(out / "reward" / "model"), "--n", str(size.eval_prompts),
                  "--out", str(out / "eval"), "--json"], capture=True)
     res = json.loads(text)
-    return {k: {"mean_spatialscore": round(v["mean_reward"], 4), "all_correct": round(v["all_correct"], 4)}
-            for k, v in res.items()}
+    summary: dict = {k: {"mean_spatialscore": round(v["mean_reward"], 4), "all_correct": round(v["all_correct"], 4)}
+                     for k, v in res.items() if k != "change"}
+    if "change" in res:
+        summary["all_correct_mcnemar_p"] = round(res["change"]["p"], 4)
+    return summary
 
 
 def stage_report(out: Path, size: DemoSize) -> dict:

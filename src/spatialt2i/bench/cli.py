@@ -10,7 +10,7 @@ from pathlib import Path
 def cmd_indomain(args: argparse.Namespace) -> int:
     import torch
 
-    from spatialt2i.bench.indomain import evaluate, image_grid, save_report
+    from spatialt2i.bench.indomain import describe_change, evaluate, image_grid, paired_change, save_report
     from spatialt2i.gen.flux import FluxGenerator
     from spatialt2i.rl.config import PromptSettings
     from spatialt2i.rl.lora import WEIGHT_NAME, LoraLoadError, load_lora_pipeline
@@ -35,7 +35,9 @@ def cmd_indomain(args: argparse.Namespace) -> int:
         runs["lora"] = evaluate(gen, prompts, steps=args.steps, seed=args.seed, batch=args.batch, scorer=scorer,
                                 return_images=want_grid)
     result = runs.get("lora", runs.get("base"))
-    report = {k: {kk: vv for kk, vv in v.items() if kk != "images"} for k, v in runs.items()}
+    report: dict = {k: {kk: vv for kk, vv in v.items() if kk != "images"} for k, v in runs.items()}
+    if len(runs) == 2:
+        report["change"] = paired_change(runs["base"], runs["lora"])
     if want_grid:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
@@ -48,9 +50,11 @@ def cmd_indomain(args: argparse.Namespace) -> int:
         print(json.dumps(report if len(report) > 1 else {k: v for k, v in result.items() if k != "images"},
                          indent=2))
     else:
-        for name, r in report.items():
+        for name, r in runs.items():
             print(f"{name}: mean reward ({r['reward']}) {r['mean_reward']:.4f}  all-correct {r['all_correct']:.3f}  "
                   f"relation acc {r['relation_accuracy']:.3f}  presence {r['presence']:.3f}  (n={r['n_prompts']})")
+        if "change" in report:
+            print("base -> lora: " + describe_change(report["change"]))
     return 0
 
 

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from .indomain import describe_change
 from .report import Section, Table, plot_curves, read_jsonl, write_report
 
 
@@ -59,12 +60,14 @@ def build_demo_report(out: str | Path) -> Path:
     ind = json.loads((out / "eval" / "indomain.json").read_text())
     table = [{"generator": "base" if k == "base" else "after RL", "mean SpatialScore": v["mean_reward"],
               "oracle all-correct": v["all_correct"], "relation accuracy": v["relation_accuracy"],
-              "object presence": v["presence"], "prompts": v["n_prompts"]} for k, v in ind.items()]
+              "object presence": v["presence"], "prompts": v["n_prompts"]} for k, v in ind.items() if k != "change"]
+    change = ind.get("change")
     prompts = (out / "eval" / "grid_prompts.txt").read_text().splitlines() if (out / "eval" / "grid_prompts.txt").exists() else []
     sections.append(Section(
         "4. In-domain benchmark (held-out prompts, 2-4 objects, 1-3 relations)",
-        "Same prompts and seeds before and after RL (grid: top row base, bottom row after RL). Prompts, left to "
-        "right: " + " | ".join(f"{i + 1}. {p}" for i, p in enumerate(prompts)),
+        "Same prompts and seeds before and after RL (grid: top row base, bottom row after RL). "
+        + (f"Oracle {describe_change(change)}. " if change else "")
+        + "Prompts, left to right: " + " | ".join(f"{i + 1}. {p}" for i, p in enumerate(prompts)),
         tables=[Table("Before → after (paper's Table 2, first column)", table)],
         figures=[out / "eval" / "grid.png"]))
 

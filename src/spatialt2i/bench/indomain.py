@@ -7,7 +7,10 @@ For each prompt one image per seed, sampled with the ODE sampler (deterministic,
   metric — else the oracle's relation score);
 - ``all_correct``: share of images where the oracle finds every relation true and every object;
 - ``relation_accuracy`` and ``per_relation``: share of relations that hold, overall and by kind;
-- ``presence``: share of named objects the oracle finds.
+- ``presence``: share of named objects the oracle finds;
+- ``correct``: per prompt, 1 when its image is all-correct, else 0 -- so that two runs on the same
+  prompts and seeds can be compared pairwise (:func:`paired_change`: is a before -> after change
+  more than the noise of 200 images?).
 """
 
 from __future__ import annotations
@@ -58,10 +61,32 @@ def evaluate(gen: Any, prompts: Sequence[WorldPrompt], *, steps: int = 6, seed: 
     else:
         mean_reward, reward_name = float(np.mean([v.score for v in verdicts])), "oracle"
     out: dict[str, Any] = {"n_prompts": len(prompts), "mean_reward": mean_reward, "reward": reward_name,
-                           **summarize(scenes, verdicts)}
+                           **summarize(scenes, verdicts), "correct": [int(v.all_correct) for v in verdicts]}
     if return_images:
         out["images"] = images
     return out
+
+
+def paired_change(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+    """How two :func:`evaluate` results on the same prompts and seeds differ in all-correct: the
+    prompts right only before (``only_before``), only after (``only_after``) and the exact McNemar
+    ``p`` of that split (:func:`spatialt2i.stats.mcnemar_exact`), with the rates themselves."""
+    from spatialt2i.stats import paired_outcomes
+
+    for name, r in (("before", before), ("after", after)):
+        if "correct" not in r:
+            raise ValueError(f"paired_change: the {name} result has no per-prompt 'correct' list "
+                             "(made by an older version of bench.indomain.evaluate)")
+    t = paired_outcomes(before["correct"], after["correct"])
+    return {"before": before["all_correct"], "after": after["all_correct"], "only_before": t["only_a"],
+            "only_after": t["only_b"], "p": t["p"]}
+
+
+def describe_change(c: dict[str, Any]) -> str:
+    """One line for reports: ``all-correct .065 -> .055 (right only before 6, only after 4 of N; McNemar p 0.75)``."""
+    verdict = "a significant change" if c["p"] < 0.05 else "not a significant change"
+    return (f"all-correct {c['before']:.3f} -> {c['after']:.3f}: {c['only_before']} prompts right only before, "
+            f"{c['only_after']} only after (exact McNemar p = {c['p']:.2g}, {verdict} at the 5 % level)")
 
 
 def image_grid(rows: Sequence[Sequence[Image.Image]], labels: Sequence[str] | None = None,

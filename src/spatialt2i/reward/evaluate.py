@@ -145,12 +145,10 @@ def evaluate_dataset(model: str | os.PathLike | Any | None, data: str | os.PathL
 
 
 def paired_test(report_a: dict[str, Any], report_b: dict[str, Any], system: str = MODEL_NAME) -> dict[str, Any]:
-    """Exact two-sided McNemar test of ``system`` in two reports made with ``keep_credit`` on the same pairs.
-
-    Only discordant pairs count (one right, the other wrong; ties are half right and count as neither):
-    under "equally good" each is the first's with probability 1/2, so p = P(Binomial(n, 1/2) is at least as
-    far from n/2 as observed). Returns ``only_a``, ``only_b`` and ``p``."""
-    from math import comb
+    """Exact two-sided McNemar test (:func:`spatialt2i.stats.mcnemar_exact`) of ``system`` in two reports
+    made with ``keep_credit`` on the same pairs. Only discordant pairs count (one right, the other wrong;
+    ties are half right and count as neither). Returns ``only_a``, ``only_b`` and ``p``."""
+    from spatialt2i.stats import paired_outcomes
 
     for name, rep in (("first", report_a), ("second", report_b)):
         if "credit" not in rep or system not in rep["credit"]:
@@ -158,12 +156,7 @@ def paired_test(report_a: dict[str, Any], report_b: dict[str, Any], system: str 
                               f"(evaluate with keep_credit=True)")
     if report_a["ids"] != report_b["ids"]:
         raise ConfigError("paired_test: the two reports are not on the same pairs (ids differ)")
-    a, b = report_a["credit"][system], report_b["credit"][system]
-    only_a = sum(1 for x, y in zip(a, b) if x == 1 and y == 0)
-    only_b = sum(1 for x, y in zip(a, b) if x == 0 and y == 1)
-    n, k = only_a + only_b, min(only_a, only_b)
-    p = min(1.0, 2 * sum(comb(n, i) for i in range(k + 1)) / 2 ** n) if n else 1.0
-    return {"only_a": only_a, "only_b": only_b, "p": p}
+    return paired_outcomes(report_a["credit"][system], report_b["credit"][system])
 
 
 def _score_chunk(rows: list[dict[str, Any]], scorer: Any, baselines: Sequence[PairJudge], credits: dict[str, list[float]],
