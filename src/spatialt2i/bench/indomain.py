@@ -83,7 +83,8 @@ def paired_change(before: dict[str, Any], after: dict[str, Any]) -> dict[str, An
 
 
 def describe_change(c: dict[str, Any]) -> str:
-    """One line for reports: ``all-correct .065 -> .055 (right only before 6, only after 4 of N; McNemar p 0.75)``."""
+    """One line for reports, e.g. ``all-correct 0.065 -> 0.045: 7 prompts right only before, 3 only after
+    (exact McNemar p = 0.34, not a significant change at the 5 % level)``."""
     verdict = "a significant change" if c["p"] < 0.05 else "not a significant change"
     return (f"all-correct {c['before']:.3f} -> {c['after']:.3f}: {c['only_before']} prompts right only before, "
             f"{c['only_after']} only after (exact McNemar p = {c['p']:.2g}, {verdict} at the 5 % level)")
