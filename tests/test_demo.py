@@ -1,6 +1,6 @@
 """The README's main job end to end: ``spatialt2i demo --fast`` builds the pairs, trains SpatialScore,
 runs GRPO against it, evaluates before/after and writes the report, which then loads in headless
-Chromium with its tables and images; a second run finds every stage cached. Slow (~5 minutes)."""
+Chromium with its tables and images; a second run finds every stage cached. Slow (~3.5 minutes)."""
 
 from __future__ import annotations
 
@@ -33,6 +33,7 @@ def test_demo_writes_every_stage_and_the_report(demo_dir: Path) -> None:
     ind = json.loads((demo_dir / "eval" / "indomain.json").read_text())
     assert set(ind) == {"base", "lora", "change"} and ind["base"]["n_prompts"] == 60
     c = ind["change"]
+    assert timings["eval"]["all_correct_change"]["only_before"] == c["only_before"]
     assert c["only_after"] - c["only_before"] == round(60 * (ind["lora"]["all_correct"] - ind["base"]["all_correct"]))
     html = (demo_dir / "report.html").read_text()
     for text in ("Pair dataset", "SpatialScore", "GRPO", "In-domain", "exact McNemar p"):

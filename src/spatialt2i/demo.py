@@ -90,7 +90,9 @@ def stage_eval(out: Path, size: DemoSize) -> dict:
     summary: dict = {k: {"mean_spatialscore": round(v["mean_reward"], 4), "all_correct": round(v["all_correct"], 4)}
                      for k, v in res.items() if k != "change"}
     if "change" in res:
-        summary["all_correct_mcnemar_p"] = round(res["change"]["p"], 4)
+        c = res["change"]
+        summary["all_correct_change"] = {"only_before": c["only_before"], "only_after": c["only_after"],
+                                         "mcnemar_p": round(c["p"], 4)}
     return summary
 
 

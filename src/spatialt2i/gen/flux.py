@@ -50,21 +50,29 @@ DEFAULT_MAX_SEQUENCE_LENGTH = 512
 log = logging.getLogger(__name__)
 
 
-class _DropClipTruncation(logging.Filter):
-    """Drops FluxPipeline's per-batch CLIP truncation warning (it prints every prompt's cut-off
-    tail, padding included); :meth:`FluxGenerator.encode_prompts` says it once, briefly."""
+class _ClipTruncation(logging.Filter):
+    """Holds back FluxPipeline's per-batch CLIP truncation warning (it prints every prompt's cut-off
+    tail, padding included) and remembers that it fired; :meth:`FluxGenerator.encode_prompts` then
+    says so once per generator, in one line."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fired = False
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return "truncated because CLIP" not in record.getMessage()
+        if "truncated because CLIP" in record.getMessage():
+            self.fired = True
+            return False
+        return True
 
 
 @contextlib.contextmanager
-def _quiet_clip_truncation():
+def _clip_truncation():
     logger = logging.getLogger("diffusers.pipelines.flux.pipeline_flux")
-    f = _DropClipTruncation()
+    f = _ClipTruncation()
     logger.addFilter(f)
     try:
-        yield
+        yield f
     finally:
         logger.removeFilter(f)
 
@@ -176,10 +184,14 @@ class FluxGenerator(FluxSampling):
         msl = self.max_sequence_length
         missing = list(dict.fromkeys(p for p in prompts if (p, msl) not in self._cache))
         if missing:
-            self._warn_clip_truncation(missing)
-            with _quiet_clip_truncation():
+            with _clip_truncation() as cut:
                 embeds, pooled, _ = self.pipe.encode_prompt(prompt=missing, prompt_2=None, device=self.device,
                                                             max_sequence_length=msl)
+            if cut.fired and not self._clip_warned:
+                self._clip_warned = True
+                log.warning("some prompts are longer than CLIP's %d tokens: its pooled vector sees their first %d "
+                            "(T5 sees up to %d); said once per generator", self.pipe.tokenizer_max_length,
+                            self.pipe.tokenizer_max_length, msl)
             for i, p in enumerate(missing):
                 self._cache[(p, msl)] = (embeds[i].detach(), pooled[i].detach())
         rows = []
@@ -189,20 +201,6 @@ class FluxGenerator(FluxSampling):
         while len(self._cache) > max(self._cache_size, len(set(prompts))):
             self._cache.popitem(last=False)
         return PromptEmbeds(torch.stack([r[0] for r in rows]), torch.stack([r[1] for r in rows]))
-
-    def _warn_clip_truncation(self, prompts: Sequence[str]) -> None:
-        """One warning per generator when a prompt is longer than CLIP's window (FLUX.1-dev's CLIP
-        pooled vector then sees its first ``tokenizer_max_length`` tokens; T5 sees the whole prompt)."""
-        tok = self.pipe.tokenizer
-        if tok is None or self._clip_warned:
-            return
-        n = self.pipe.tokenizer_max_length
-        long = sum(len(ids) > n for ids in tok(list(prompts), truncation=False, verbose=False).input_ids)
-        if long:
-            self._clip_warned = True
-            log.warning("%d of %d prompts are longer than CLIP's %d tokens: its pooled vector sees their first %d "
-                        "(T5 sees up to %d); said once per generator", long, len(prompts), n, n,
-                        self.max_sequence_length)
 
     def clear_prompt_cache(self) -> None:
         self._cache.clear()
